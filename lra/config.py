@@ -1,0 +1,141 @@
+"""Structured-config schema of every entry point, registered in Hydra's ConfigStore.
+
+The YAML files under conf/ hold the values; these dataclasses hold the types, so a typo or a
+wrong-typed override fails at start-up with the key's full name. Variant- and task-specific
+fields live in subclasses registered next to their code (models/attention, tasks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class Choice(Enum):
+    """A config value out of a fixed set; interpolates (`${...}`) as its bare value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Pooling(Choice):
+    cls = "cls"
+    mean = "mean"
+
+
+class Positions(Choice):
+    sinusoidal = "sinusoidal"
+    learned = "learned"
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Device(Choice):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Schedule(Choice):
+    constant = "constant"  # warm-up, then constant
+    cosine = "cosine"  # warm-up, then cosine decay to zero at max_steps
+    rsqrt = "rsqrt"  # LRA's "constant * linear_warmup * rsqrt_decay"
+
+
+@dataclass
+class AttentionConfig:
+    """Fields every attention variant has; each variant subclasses this (models/attention)."""
+
+    name: str = MISSING
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    num_layers: int = MISSING
+    dim: int = MISSING
+    num_heads: int = MISSING
+    mlp_dim: int = MISSING
+    dropout: float = 0.1
+    pooling: Pooling = Pooling.cls
+    positions: Positions = Positions.sinusoidal
+    attention: AttentionConfig = MISSING
+
+
+@dataclass
+class TaskConfig:
+    """Fields every task has; each task subclasses this (tasks/)."""
+
+    name: str = MISSING
+    num_classes: int = MISSING
+    max_len: int = MISSING
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    generate: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = MISSING
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: Schedule = Schedule.constant
+    warmup_steps: int = 0
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = MISSING
+    max_steps: int = MISSING
+    eval_every: int = MISSING
+    eval_batches: Optional[int] = None
+    checkpoint_every: int = MISSING
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: Device = Device.cpu
+    precision: Precision = Precision.fp32
+    compile: bool = False
+    threads: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    runs: str = MISSING
+    out: str = MISSING
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+ConfigStore.instance().store(name="report_schema", node=ReportConfig)

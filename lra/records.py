@@ -1,0 +1,127 @@
+"""Run records: the contract between the runners and the report (../DESIGN.md, "Run records").
+
+Every job writes `records.jsonl` in its output directory, atomically, one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lra.config import CONF_DIR
+
+SCHEMA = 1
+RECORDS_FILE = "records.jsonl"
+STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
+# Keys that change how a run is shown, not what it computes; left out of the config hash.
+NOT_HASHED = ("trainer.progress", "trainer.log_every", "hardware.num_workers")
+
+
+def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
+    """Write a file via `write(file)` to a temporary name beside it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain JSON-ready data, interpolations resolved, enums as strings."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of everything in the config that changes what a run computes."""
+    data = resolved(cfg)
+    for key in NOT_HASHED:
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_sha() -> str | None:
+    """The checkout's commit, when lra-bench runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device.type,
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "git_sha": git_sha(),
+    }
+
+
+def make_record(
+    cfg: DictConfig,
+    *,
+    kind: str,
+    status: str,
+    metrics: dict[str, Any],
+    seq_len: int,
+    batch_size: int,
+    device: torch.device,
+    wall_s: float,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One measurement in the DESIGN.md schema."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    return {
+        "schema": SCHEMA,
+        "kind": kind,
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "hardware": cfg.hardware.name,
+        "seed": cfg.seed,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "status": status,
+        "error": error,
+        "metrics": metrics,
+        "config": resolved(cfg),
+        "config_hash": config_hash(cfg),
+        "env": environment(device),
+        "wall_s": round(wall_s, 3),
+    }
+
+
+def write_records(run_dir: Path, records: list[dict[str, Any]]) -> Path:
+    """Write (replace) the job's records.jsonl atomically."""
+    path = run_dir / RECORDS_FILE
+    atomic_write(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of one records.jsonl file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

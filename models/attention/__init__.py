@@ -1,0 +1,33 @@
+"""The attention registry: every module in this package registers its variants on import.
+
+Contract (../DESIGN.md): `out = attn(q, k, v, key_padding_mask=None)` on already-projected heads,
+q, k, v and out of shape (batch, heads, length, head_dim); key_padding_mask (batch, length) bool,
+True at real tokens. Padded positions never change the outputs at real positions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from torch import nn
+
+from lra.registry import Registry
+
+ATTENTION: Registry[type[nn.Module]] = Registry("attention")
+register_attention = ATTENTION.register
+
+
+def build_attention(name: str, *, num_heads: int, head_dim: int, max_len: int, **overrides) -> nn.Module:
+    """The variant registered as `name`, with its config defaults updated by `overrides`."""
+    module_cls, config_cls = ATTENTION.get(name)
+    return module_cls(config_cls(**overrides), num_heads=num_heads, head_dim=head_dim, max_len=max_len)
+
+
+def list_attention() -> list[str]:
+    """Registered variant names, sorted."""
+    return ATTENTION.names()
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

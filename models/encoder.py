@@ -1,0 +1,107 @@
+"""The encoder classifier every leaderboard row shares; only the attention differs between rows.
+
+Token embedding, positions, pre-norm blocks (attention from the registry, then a GELU MLP), final
+norm, CLS or mean pooling, and LRA's classifier head (dense, ReLU, dense).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lra.config import Pooling, Positions
+from lra.errors import LRAError
+from lra.registry import config_fields
+from models.attention import build_attention
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """The fixed sine/cosine table of Vaswani et al. (LRA's default position embedding)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
+    return table
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: DictConfig, max_len: int) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        head_dim = cfg.dim // cfg.num_heads
+        attention = OmegaConf.to_object(cfg.attention)
+        self.attn = build_attention(
+            attention.name, num_heads=cfg.num_heads, head_dim=head_dim, max_len=max_len, **config_fields(attention)
+        )
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.mlp_dim, cfg.dim)
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(self.norm1(x)).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        heads = self.attn(q, k, v, key_padding_mask=key_padding_mask)
+        x = x + self.dropout(self.proj(heads.transpose(1, 2).reshape(batch, length, dim)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class Encoder(nn.Module):
+    """Token ids (batch, length) and their padding mask -> one vector per sequence."""
+
+    def __init__(self, cfg: DictConfig, vocab_size: int, max_len: int) -> None:
+        super().__init__()
+        if cfg.dim % cfg.num_heads:
+            raise LRAError(f"model.dim: {cfg.dim} is not divisible by model.num_heads={cfg.num_heads}")
+        self.pooling = Pooling(cfg.pooling)
+        self.max_len = max_len
+        seq_len = max_len + (self.pooling is Pooling.cls)
+        self.embed = nn.Embedding(vocab_size, cfg.dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if self.pooling is Pooling.cls else None
+        if Positions(cfg.positions) is Positions.learned:
+            self.positions = nn.Parameter(torch.randn(seq_len, cfg.dim) * 0.02)
+        else:
+            self.register_buffer("positions", sinusoidal_positions(seq_len, cfg.dim), persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's max_len {self.max_len}")
+        x = self.embed(tokens)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
+            mask = torch.cat([mask.new_ones(len(mask), 1), mask], dim=1)
+        x = self.dropout(x + self.positions[: x.shape[1]])
+        key_padding_mask = None if bool(mask.all()) else mask
+        for block in self.blocks:
+            x = block(x, key_padding_mask)
+        x = self.norm(x)
+        if self.cls is not None:
+            return x[:, 0]
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        return (x * weights).sum(1) / weights.sum(1)
+
+
+class Classifier(nn.Module):
+    """Encoder, then LRA's classifier head: dense (mlp_dim), ReLU, dense (num_classes)."""
+
+    def __init__(self, cfg: DictConfig, vocab_size: int, num_classes: int, max_len: int) -> None:
+        super().__init__()
+        self.encoder = Encoder(cfg, vocab_size, max_len)
+        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(tokens, mask))

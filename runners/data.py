@@ -1,0 +1,90 @@
+"""`lra-data`: generate a dataset in the layout of the LRA release, one subcommand per dataset.
+
+    lra-data listops --out data/listops-1000 [--train N ...]
+
+Bad input ends in one line, `lra-data: error: ...`, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import NoReturn
+
+from lra.errors import LRAError
+from tasks import listops
+
+PROG = "lra-data"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are the single line `lra-data: error: ...` (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _add_listops(commands: argparse._SubParsersAction) -> None:
+    """`lra-data listops`: LRA's ListOps generator, with LRA's settings as defaults."""
+    lra = asdict(listops.ListOpsSettings())
+    parser = commands.add_parser(
+        "listops", help="ListOps (basic_{train,val,test}.tsv)",
+        description="Generate ListOps as LRA did (seeded), in the layout of the LRA release.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="directory for basic_{train,val,test}.tsv and generator.json")
+    parser.add_argument("--train", type=int, default=lra["train"], help="training examples")
+    parser.add_argument("--val", type=int, default=lra["val"], help="validation examples")
+    parser.add_argument("--test", type=int, default=lra["test"], help="test examples")
+    parser.add_argument("--seed", type=int, default=lra["seed"], help="seed of the generator")
+    parser.add_argument("--min-len", type=int, default=lra["min_len"],
+                        help="lengths (tokens without parentheses) are > min-len")
+    parser.add_argument("--max-len", type=int, default=lra["max_len"],
+                        help="lengths are < max-len")
+    parser.add_argument("--max-depth", type=int, default=lra["max_depth"],
+                        help="deepest nesting of operators")
+    parser.add_argument("--max-args", type=int, default=lra["max_args"],
+                        help="most arguments of one operator")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+    parser.set_defaults(run=_run_listops)
+
+
+def _run_listops(args: argparse.Namespace) -> str:
+    """Write the ListOps release; return the line that says what was written where."""
+    listops.write_release(args.out, train=args.train, val=args.val, test=args.test,
+                          min_len=args.min_len, max_len=args.max_len, max_depth=args.max_depth,
+                          max_args=args.max_args, seed=args.seed, progress=args.progress)
+    files = ", ".join([*listops.SPLIT_FILES.values(), listops.SETTINGS_FILE])
+    return (f"wrote ListOps {args.train}/{args.val}/{args.test} train/val/test examples "
+            f"({args.min_len} < length < {args.max_len}, seed {args.seed}) to {args.out}: {files}")
+
+
+# One function per dataset, each adding its subcommand and setting `run` (args -> summary line).
+_DATASETS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_listops,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lra-data` parser with a subcommand per dataset."""
+    parser = _Parser(prog=PROG, description="Generate data in the layout of the LRA release.")
+    commands = parser.add_subparsers(title="datasets", metavar="DATASET", required=True)
+    for add in _DATASETS:
+        add(commands)
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Entry point of `lra-data` (and `python -m runners.data`)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = args.run(args)
+    except LRAError as err:
+        parser.error(str(err))
+    print(summary)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,32 @@
+"""lra-report: leaderboards from every records.jsonl under `runs`, written to `out`.
+
+    lra-report runs=results/runs out=results
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from lra.cli import reported, run
+from lra.config import CONF_DIR
+from lra.report import load_records, runs_table, write_report
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with reported("lra-report"):
+        records = load_records(Path(cfg.runs))
+        paths = write_report(records, Path(cfg.out))
+    print(runs_table(records).to_markdown(index=False))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cli() -> None:
+    run(main, "lra-report")
+
+
+if __name__ == "__main__":
+    cli()

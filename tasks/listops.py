@@ -1,0 +1,361 @@
+"""ListOps as in the Long Range Arena: a seeded generator of the release files and their reader.
+
+The generator follows LRA's (google-research/long-range-arena, lra_benchmarks/data/listops.py):
+same tree distribution, written form, length limits and values. It draws from its own
+`random.Random(seed)` and keeps examples in first-seen order, so a seed names one dataset byte for
+byte. The reader takes generated files and those of the LRA release alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from itertools import filterfalse
+from pathlib import Path
+from typing import TextIO, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lra.config import TaskConfig
+from lra.errors import LRAError
+from tasks import register_task
+from tasks.batching import SequenceDataset, TaskData
+
+OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
+DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
+END = "]"
+VOCAB: tuple[str, ...] = ("<pad>", END, *OPERATORS, *DIGITS)
+SPLITS = ("train", "val", "test")
+SPLIT_FILES: dict[str, str] = {split: f"basic_{split}.tsv" for split in SPLITS}
+SETTINGS_FILE = "generator.json"
+HEADER = ("Source", "Target")
+
+
+@dataclass
+class ListOpsSettings:
+    """Generator settings; the defaults are those of LRA's generator flags (LRA drew unseeded)."""
+
+    train: int = 96000
+    val: int = 2000
+    test: int = 2000
+    min_len: int = 500  # lengths count tokens without parentheses, strictly between min_len and max_len
+    max_len: int = 2000
+    max_depth: int = 10  # deepest nesting of operators
+    max_args: int = 10  # most arguments of one operator
+    seed: int = 0
+
+
+# Chance that a node above max_depth is an operator rather than a digit (LRA's VALUE_P).
+_OPERATOR_P = 0.25
+# A digit, or (operator, children): the children are the operator's arguments in order.
+Tree = Union[int, tuple[str, tuple["Tree", ...]]]
+
+_APPLY: dict[str, Callable[[list[int]], int]] = {
+    "[MIN": min,
+    "[MAX": max,
+    "[MED": lambda values: int(statistics.median(values)),  # == int(numpy.median), as LRA
+    "[SM": lambda values: sum(values) % 10,
+}
+_TOKEN_IDS: dict[str, int] = {token: i for i, token in enumerate(VOCAB) if token != "<pad>"}
+_PARENS = frozenset("()")
+_LABELS: dict[str, int] = {digit: int(digit) for digit in DIGITS}
+
+
+class _TooLong(Exception):
+    """A tree being drawn has reached max_len tokens, so it would be rejected anyway."""
+
+
+class _Sampler:
+    """Draws trees as LRA's generate_tree does, keeping only those with min_len < length < max_len.
+
+    A draw stops as soon as the tree reaches max_len tokens. That only skips work on trees that
+    are rejected anyway, so kept trees have LRA's distribution, while one draw never costs more
+    than max_len nodes (with a large max_depth, unstopped trees grow without bound).
+    """
+
+    def __init__(self, rng: random.Random, *, min_len: int, max_len: int, max_depth: int,
+                 max_args: int) -> None:
+        self._rng = rng
+        self._min_len, self._max_len = min_len, max_len
+        self._max_depth, self._max_args = max_depth, max_args
+        self._length = 0
+
+    def draw(self) -> Tree | None:
+        """One tree from the root (depth 1), or None when its length is outside the limits."""
+        self._length = 0
+        try:
+            tree = self._node(depth=1)
+        except _TooLong:
+            return None
+        return tree if self._length > self._min_len else None
+
+    def _node(self, depth: int) -> Tree:
+        rng = self._rng
+        r = rng.random() if depth < self._max_depth else 1.0
+        if r > _OPERATOR_P:
+            self._count(1)
+            return rng.randrange(10)
+        self._count(2)  # the operator and its closing "]"
+        children = []
+        for _ in range(rng.randint(2, self._max_args)):
+            children.append(self._node(depth + 1))
+        return rng.choice(OPERATORS), tuple(children)
+
+    def _count(self, tokens: int) -> None:
+        self._length += tokens
+        if self._length >= self._max_len:
+            raise _TooLong
+
+
+def _source(tree: Tree) -> str:
+    """The tree written as LRA writes it.
+
+    An operator with children c1..cn is the pair nest ((((op, c1), c2) ... cn), "]") and a pair
+    is written "( A B )": [MAX of 2 and 9 is `( ( ( [MAX 2 ) 9 ) ] )`.
+    """
+    if isinstance(tree, int):
+        return str(tree)
+    op, children = tree
+    args = " ) ".join([_source(child) for child in children])
+    return f"{'( ' * (len(children) + 1)}{op} {args} ) {END} )"
+
+
+def _value(tree: Tree) -> int:
+    """The label of a tree: MIN, MAX, integer median (MED) or sum mod 10 (SM) of its arguments."""
+    if isinstance(tree, int):
+        return tree
+    op, children = tree
+    return _APPLY[op]([_value(child) for child in children])
+
+
+def _distinct_trees(*, max_len: int, max_depth: int, max_args: int, enough: int) -> np.ndarray:
+    """How many distinct trees the generator can draw, by length below max_len, capped at enough.
+
+    Counts are exact below `enough` (a cap only ever feeds counts at or above it), and float64
+    keeps them exact and free of overflow.
+    """
+    leaves = np.zeros(max_len)
+    leaves[1] = len(DIGITS)
+    trees = leaves  # at depth max_depth every node is a digit
+    for _ in range(max_depth - 1):
+        args = trees  # argument lists of one tree, by total length
+        arg_lists = np.zeros(max_len)
+        for _ in range(2, max_args + 1):
+            args = np.minimum(np.convolve(args, trees)[:max_len], enough)
+            arg_lists += args
+        parents = leaves.copy()
+        parents[2:] += len(OPERATORS) * arg_lists[:-2]  # operator + "]" + arguments
+        parents = np.minimum(parents, enough)
+        if np.array_equal(parents, trees):  # deeper limits no longer change lengths below max_len
+            break
+        trees = parents
+    return trees
+
+
+def _check_settings(*, train: int, val: int, test: int, min_len: int, max_len: int,
+                    max_depth: int, max_args: int) -> None:
+    """Rejects settings the generator cannot satisfy, where it would otherwise loop forever.
+
+    Every split needs a row because the reader rejects a file without one.
+    """
+    for name, value, least in (("train", train, 1), ("val", val, 1), ("test", test, 1),
+                               ("min_len", min_len, 0), ("max_depth", max_depth, 1),
+                               ("max_args", max_args, 2)):
+        if value < least:
+            raise LRAError(f"{name} must be >= {least}, got {value}")
+    if max_len < min_len + 2:
+        raise LRAError(f"no length lies strictly between min_len={min_len} and max_len={max_len}; "
+                       "max_len must be >= min_len + 2")
+    total = train + val + test
+    counts = _distinct_trees(max_len=max_len, max_depth=max_depth, max_args=max_args, enough=total)
+    available = int(counts[min_len + 1:].sum())
+    if available < total:
+        raise LRAError(f"only {available} distinct trees have min_len={min_len} < length < "
+                       f"max_len={max_len} with max_depth={max_depth}, max_args={max_args}; "
+                       f"{total} requested")
+
+
+def generate_split_rows(*, train: int, val: int, test: int, min_len: int, max_len: int,
+                        max_depth: int = 10, max_args: int = 10, seed: int = 0,
+                        progress: bool = True) -> dict[str, list[tuple[str, int]]]:
+    """Distinct (source, label) examples for each split, drawn from `random.Random(seed)`.
+
+    Examples keep first-seen order and are cut into train, val, test in that order, so splits
+    never share an example and one seed always gives the same rows.
+    """
+    _check_settings(train=train, val=val, test=test, min_len=min_len, max_len=max_len,
+                    max_depth=max_depth, max_args=max_args)
+    total = train + val + test
+    sampler = _Sampler(random.Random(seed), min_len=min_len, max_len=max_len,
+                       max_depth=max_depth, max_args=max_args)
+    examples: dict[str, int] = {}  # source -> label, in first-seen order
+    with tqdm(total=total, desc="ListOps", unit="example", disable=not progress) as bar:
+        while len(examples) < total:
+            tree = sampler.draw()
+            if tree is None:
+                continue
+            source = _source(tree)
+            if source not in examples:
+                examples[source] = _value(tree)
+                bar.update()
+    rows = list(examples.items())
+    return {"train": rows[:train], "val": rows[train:train + val], "test": rows[train + val:]}
+
+
+def _write_tsv(f: TextIO, rows: Sequence[tuple[str, int]]) -> None:
+    """The LRA release format: csv.writer with tabs (CRLF line ends), header Source, Target."""
+    writer = csv.writer(f, delimiter="\t")
+    writer.writerow(HEADER)
+    writer.writerows(rows)
+
+
+def write_release(out_dir: Path, *, train: int, val: int, test: int, min_len: int, max_len: int,
+                  max_depth: int = 10, max_args: int = 10, seed: int = 0,
+                  progress: bool = True) -> None:
+    """Generates ListOps into out_dir as the LRA release lays it out, plus generator.json.
+
+    generator.json holds the settings, telling generated data from the release and stale data
+    from current. Each file is written under a temporary name and renamed into place, the old
+    generator.json removed first and the new one renamed last: a failure leaves no partial file
+    and generator.json never describes files other than those beside it.
+    """
+    settings = {"train": train, "val": val, "test": test, "min_len": min_len, "max_len": max_len,
+                "max_depth": max_depth, "max_args": max_args, "seed": seed}
+    rows = generate_split_rows(**settings, progress=progress)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    contents: list[tuple[str, Callable[[TextIO], object]]] = [
+        (SPLIT_FILES[split], partial(_write_tsv, rows=rows[split])) for split in SPLITS
+    ]
+    contents.append((SETTINGS_FILE,
+                     lambda f: f.write(json.dumps(settings, sort_keys=True, indent=2) + "\n")))
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in contents:
+            temp = out_dir / f".{name}.{os.getpid()}.tmp"
+            staged.append((temp, out_dir / name))
+            with temp.open("w", encoding="utf-8", newline="") as f:
+                write(f)
+        (out_dir / SETTINGS_FILE).unlink(missing_ok=True)
+        for temp, final in staged:
+            os.replace(temp, final)
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    """A short one-line quotation of user text for an error message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def tokenize(source: str) -> list[int]:
+    """Token ids (indices into VOCAB) of a source; LRAError names the first unknown token.
+
+    Parentheses are dropped: with "]" closing every operator the prefix form is unambiguous
+    without them.
+    """
+    try:  # map/filterfalse keep the per-token work in C: a whole split has ~10^8 tokens
+        return list(map(_TOKEN_IDS.__getitem__, filterfalse(_PARENS.__contains__, source.split())))
+    except KeyError as err:
+        raise LRAError(f"unknown token {_excerpt(err.args[0])}") from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 file without their CRLF or LF line ends."""
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise LRAError(f"{path}:{lineno}: not UTF-8 text") from None
+                yield lineno, line.rstrip("\r\n")
+    except OSError as err:
+        raise LRAError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def _parse_row(line: str) -> tuple[list[int], int]:
+    """Token ids and label of one `source<TAB>label` row; LRAError says what is wrong."""
+    fields = line.split("\t")
+    if len(fields) != 2:
+        raise LRAError(f"expected 2 tab-separated fields (Source, Target), got {len(fields)}")
+    source, label = fields
+    if label not in _LABELS:
+        raise LRAError(f"label {_excerpt(label)} is not a digit 0-9")
+    ids = tokenize(source)
+    if not ids:
+        raise LRAError("the source has no tokens")
+    return ids, _LABELS[label]
+
+
+def read_split(path: Path, max_len: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Token ids (int64, first max_len tokens, as LRA truncated) and labels of one split file.
+
+    Reads the format of the LRA release and of write_release (CRLF or LF line ends); any
+    malformed line raises LRAError naming `path:line`.
+    """
+    if max_len < 1:
+        raise LRAError(f"max_len must be >= 1, got {max_len}")
+    path = Path(path)
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise LRAError(f"{path}: empty file; expected the header 'Source<TAB>Target'")
+    if first[1] != "\t".join(HEADER):
+        raise LRAError(f"{path}:1: expected the header 'Source<TAB>Target', "
+                       f"got {_excerpt(first[1])}")
+    tokens: list[torch.Tensor] = []
+    labels: list[int] = []
+    for lineno, line in lines:
+        try:
+            ids, label = _parse_row(line)
+        except LRAError as err:
+            raise LRAError(f"{path}:{lineno}: {err}") from None
+        # via numpy: three times faster than torch.tensor on a list of ints
+        tokens.append(torch.from_numpy(np.array(ids[:max_len], dtype=np.int64)))
+        labels.append(label)
+    if not labels:
+        raise LRAError(f"{path}: no examples after the header")
+    return tokens, torch.tensor(labels, dtype=torch.int64)
+
+
+@dataclass
+class ListOpsConfig(TaskConfig):
+    name: str = "listops"
+    num_classes: int = 10
+    max_len: int = 2000
+    dir: str = "listops-1000"
+    generate: ListOpsSettings = field(default_factory=ListOpsSettings)
+
+
+@register_task(ListOpsConfig)
+def load(config: ListOpsConfig, root: Path, generate: bool, progress: bool) -> TaskData:
+    """The three splits under root/config.dir, generated first when missing and allowed."""
+    directory = root / config.dir
+    settings = asdict(config.generate)
+    if not all((directory / name).exists() for name in SPLIT_FILES.values()):
+        if not generate:
+            raise LRAError(
+                f"{directory}: no ListOps files ({', '.join(SPLIT_FILES.values())}) and data.generate=false; "
+                f"run `lra-data listops --out {directory}` or point data.root at the LRA release"
+            )
+        write_release(directory, **settings, progress=progress)
+    elif (directory / SETTINGS_FILE).exists():
+        written = json.loads((directory / SETTINGS_FILE).read_text())
+        if written != settings:
+            changed = ", ".join(f"{k}={written.get(k)} (task.generate: {v})" for k, v in settings.items() if written.get(k) != v)
+            raise LRAError(
+                f"{directory / SETTINGS_FILE}: data generated with other settings: {changed}; "
+                "delete the directory to regenerate, or set task.dir"
+            )
+    splits = {split: SequenceDataset(*read_split(directory / SPLIT_FILES[split], config.max_len)) for split in SPLITS}
+    return TaskData(**splits, vocab_size=len(VOCAB))

@@ -1,0 +1,32 @@
+"""Slow checks (`make test-slow`): the default run as a user starts it, and the compiled path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lra.records import read_records
+from runners.train import train
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_run_learns_well_above_the_majority_class(tmp_path: Path):
+    result = run_cli(
+        "runners.train", "trainer.progress=false", f"data.root={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = read_records(tmp_path / "run" / "records.jsonl")
+    metrics = record["metrics"]
+    assert record["status"] == "ok" and metrics["steps"] == 2000
+    assert metrics["test_accuracy"] > metrics["test_majority_rate"] + 0.15
+
+
+def test_compiled_model_trains_like_the_eager_one(tiny_cfg, tmp_path: Path):
+    eager = train(tiny_cfg(), tmp_path / "eager")
+    compiled = train(tiny_cfg("hardware.compile=true"), tmp_path / "compiled")
+    assert compiled["status"] == "ok"
+    assert compiled["metrics"]["train_loss"] == pytest.approx(eager["metrics"]["train_loss"], abs=1e-3)

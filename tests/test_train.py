@@ -1,0 +1,145 @@
+"""lra-train end to end on tiny ListOps: records, TensorBoard, resume, divergence, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+import runners.train as train_module
+from lra import checkpoint
+from lra.errors import LRAError
+from lra.records import read_records
+from runners.train import train
+from tests.conftest import REPO, run_cli
+
+SCALARS = {"train/loss", "train/lr", "train/steps_per_s", "train/tokens_per_s", "val/accuracy", "test/accuracy"}
+
+
+def test_a_run_writes_its_record_and_tensorboard_logs(tiny_cfg, tmp_path: Path):
+    cfg = tiny_cfg("trainer.log_every=5")
+    record = train(cfg, tmp_path / "run")
+    [written] = read_records(tmp_path / "run" / "records.jsonl")
+    assert written == json.loads(json.dumps(record))
+    assert record["status"] == "ok" and record["error"] is None
+    assert (record["kind"], record["model"], record["task"], record["hardware"]) == ("train", "full-sdpa", "listops", "cpu")
+    assert record["seq_len"] == cfg.task.max_len and record["batch_size"] == cfg.trainer.batch_size
+    metrics = record["metrics"]
+    assert metrics["steps"] == 20
+    for key in ("test_accuracy", "val_accuracy", "test_majority_rate"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["steps_per_s"] > 0 and metrics["tokens_per_s"] > metrics["steps_per_s"]
+    assert metrics["peak_memory_mb"] > 0 and metrics["memory_measure"] == "live_tensor_bytes"
+    assert record["config"]["model"]["dim"] == 32 and record["env"]["torch"] == torch.__version__
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert SCALARS <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]
+    assert events.Scalars("test/accuracy")[0].value == pytest.approx(metrics["test_accuracy"])
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
+    assert session.hparams["model.dim"].number_value == 32
+    assert session.hparams["task.name"].string_value == "listops"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_restores_model_optimizer_scheduler_step_and_data_order(tiny_cfg, tmp_path: Path, monkeypatch):
+    cfg = tiny_cfg("model.dropout=0.1")  # dropout: the RNG state must be restored too
+    straight = train(cfg, tmp_path / "straight")
+
+    seen_batches: list[list[int]] = []
+    original_iter = train_module.StepBatches.__iter__
+
+    def recording_iter(self):
+        for batch in original_iter(self):
+            seen_batches.append(batch)
+            yield batch
+
+    original_save = train_module.save_last
+
+    def save_then_die(path, run_hash, run_state, *args):
+        original_save(path, run_hash, run_state, *args)
+        if run_state.step == 10:
+            raise Interrupted
+
+    monkeypatch.setattr(train_module.StepBatches, "__iter__", recording_iter)
+    monkeypatch.setattr(train_module, "save_last", save_then_die)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "records.jsonl").exists()
+    state = checkpoint.load(tmp_path / "resumed" / "checkpoints" / checkpoint.LAST)
+    assert state["run_state"]["step"] == 10 and state["scheduler"]["last_epoch"] == 10
+    assert all(s["step"] == 10 for s in state["optimizer"]["state"].values())
+
+    monkeypatch.setattr(train_module, "save_last", original_save)
+    resumed = train(cfg, tmp_path / "resumed")
+    assert resumed["metrics"]["steps"] == 20
+    first_run, second_run = seen_batches[:10], seen_batches[10:]
+    uninterrupted = train_module.StepBatches(cfg.task.generate.train, cfg.trainer.batch_size, cfg.seed, 0, 20)
+    assert len(second_run) == 10 and first_run + second_run == list(uninterrupted)
+    for key in ("test_accuracy", "val_accuracy", "train_loss"):
+        assert resumed["metrics"][key] == straight["metrics"][key]
+    a = checkpoint.load(tmp_path / "straight" / "checkpoints" / checkpoint.LAST)
+    b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / checkpoint.LAST)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_resuming_with_another_config_is_refused(tiny_cfg, tmp_path: Path):
+    train(tiny_cfg(), tmp_path / "run")
+    with pytest.raises(LRAError, match="checkpoint of a different config"):
+        train(tiny_cfg("model.dim=16"), tmp_path / "run")
+
+
+def test_a_nan_loss_stops_the_run_as_diverged(tiny_cfg, tmp_path: Path):
+    record = train(tiny_cfg("optimizer.lr=1e38", "optimizer.grad_clip=null"), tmp_path / "run")
+    assert record["status"] == "diverged"
+    assert "loss became nan" in record["error"]
+    assert record["metrics"]["steps"] < 20
+    assert read_records(tmp_path / "run" / "records.jsonl")[0]["status"] == "diverged"
+
+
+def write_tsv(path: Path, rows: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("Source\tTarget\n" + "".join(r + "\n" for r in rows))
+
+
+GOOD_ROW = "( ( ( [MAX 2 ) 9 ) ] )\t9"
+
+
+@pytest.mark.parametrize(
+    "train_rows, expected",
+    [
+        ([GOOD_ROW, "( ( [MIN 3 ) ] )"], "basic_train.tsv:3: "),
+        ([GOOD_ROW, GOOD_ROW[:-1] + "12"], "basic_train.tsv:3: "),
+    ],
+)
+def test_malformed_data_fails_with_file_and_line(train_rows, expected, tmp_path: Path):
+    data = tmp_path / "data" / "listops-short"
+    for split, rows in [("train", train_rows), ("val", [GOOD_ROW]), ("test", [GOOD_ROW])]:
+        write_tsv(data / f"basic_{split}.tsv", rows)
+    result = run_cli("runners.train", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("lra-train: error: ") and expected in line
+    assert not (tmp_path / "run" / "records.jsonl").exists()
+
+
+def test_missing_data_with_generation_disabled_fails_with_one_line(tmp_path: Path):
+    result = run_cli(
+        "runners.train", f"data.root={tmp_path / 'nowhere'}", "data.generate=false",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "listops-short" in line and "data.generate=false" in line
+    assert not (tmp_path / "run" / "records.jsonl").exists()
