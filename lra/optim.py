@@ -12,9 +12,9 @@ from lra.config import Schedule
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norms and embeddings-free-of-decay as is usual for Transformers."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    """AdamW, with weight decay on weight matrices only (not on biases and norm scales)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 

@@ -12,20 +12,22 @@ from omegaconf import DictConfig
 
 from lra.cli import reported, run
 from lra.config import CONF_DIR
-from lra.report import load_records, runs_table, write_report
+from lra.report import load_records, write_report
+
+PROG = "lra-report"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with reported("lra-report"):
+    with reported(PROG):
         records = load_records(Path(cfg.runs))
         paths = write_report(records, Path(cfg.out))
-    print(runs_table(records).to_markdown(index=False))
+    print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def cli() -> None:
-    run(main, "lra-report")
+    run(main, PROG)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,12 @@ from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record, resolved, write_records
 from models.encoder import Classifier
 from tasks import load_task
-from tasks.batching import SequenceDataset, StepBatches, pad_batch
+from tasks.batching import SequenceDataset, StepBatches, TaskData, pad_batch
 
+PROG = "lra-train"
 log = logging.getLogger("lra.train")
+LAST = Path("checkpoints") / checkpoint.LAST  # resumable state, relative to the run directory
+BEST = Path("checkpoints") / checkpoint.BEST  # model weights of the best validation accuracy
 
 
 @dataclass
@@ -54,6 +57,20 @@ class RunState:
     tokens: int = 0
     peak_memory_mb: float | None = None
     memory_measure: str | None = None
+    recent_losses: list[float] = field(default_factory=list)  # the last trainer.log_every losses
+
+    def train_loss(self) -> float | None:
+        return float(np.mean(self.recent_losses)) if self.recent_losses else None
+
+
+@dataclass
+class Trainee:
+    """The model being trained and what updates it."""
+
+    model: torch.nn.Module
+    forward: torch.nn.Module  # the model, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
 def setup_device(hardware: DictConfig) -> torch.device:
@@ -91,7 +108,7 @@ def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, 
     return correct / total
 
 
-def restore(path: Path, expected_hash: str, model, optimizer, scheduler) -> RunState:
+def restore(path: Path, expected_hash: str, trainee: Trainee) -> RunState:
     """Resume from the last checkpoint in the run directory, if there is one."""
     saved = checkpoint.load(path)
     if saved is None:
@@ -101,9 +118,9 @@ def restore(path: Path, expected_hash: str, model, optimizer, scheduler) -> RunS
             f"{path}: checkpoint of a different config (hash {saved['config_hash']}, this run {expected_hash}); "
             "use another hydra.run.dir or delete the checkpoint"
         )
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
+    trainee.model.load_state_dict(saved["model"])
+    trainee.optimizer.load_state_dict(saved["optimizer"])
+    trainee.scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng_cpu"])
     if "rng_cuda" in saved and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng_cuda"])
@@ -111,18 +128,19 @@ def restore(path: Path, expected_hash: str, model, optimizer, scheduler) -> RunS
     return RunState(**saved["run_state"])
 
 
-def save_last(path: Path, run_hash: str, run_state: RunState, model, optimizer, scheduler) -> None:
-    state = {
+def save_last(path: Path, run_hash: str, state: RunState, trainee: Trainee) -> None:
+    """The resumable state of the run: everything `restore` needs to continue exactly."""
+    saved = {
         "config_hash": run_hash,
-        "run_state": vars(run_state),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "run_state": vars(state),
+        "model": trainee.model.state_dict(),
+        "optimizer": trainee.optimizer.state_dict(),
+        "scheduler": trainee.scheduler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    checkpoint.save(path, state)
+        saved["rng_cuda"] = torch.cuda.get_rng_state_all()
+    checkpoint.save(path, saved)
 
 
 def log_hparams(writer: SummaryWriter, cfg: DictConfig, metrics: dict[str, float]) -> None:
@@ -144,6 +162,74 @@ def log_hparams(writer: SummaryWriter, cfg: DictConfig, metrics: dict[str, float
         writer.add_scalar(tag, value)
 
 
+def train_step(trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfig, device: torch.device) -> torch.Tensor:
+    """One optimisation step (forward, backward, clip, update); returns the loss before the update."""
+    tokens, mask, labels = (t.to(device) for t in batch)
+    trainee.model.train()
+    with autocast(device, Precision(cfg.hardware.precision)):
+        loss = F.cross_entropy(trainee.forward(tokens, mask).float(), labels)
+    trainee.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.optimizer.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optimizer.grad_clip)
+    trainee.optimizer.step()
+    return loss
+
+
+def fit(
+    trainee: Trainee, data: TaskData, cfg: DictConfig, device: torch.device, run_dir: Path, state: RunState,
+    writer: SummaryWriter,
+) -> str | None:
+    """Train from `state.step` to trainer.max_steps, validating and checkpointing on the way.
+
+    Returns None, or the one-line reason the loss diverged.
+    """
+    run_hash = config_hash(cfg)
+    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps)
+    loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
+        data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    bar = tqdm(
+        total=cfg.trainer.max_steps, initial=state.step, desc=f"{cfg.model.name} on {cfg.task.name}",
+        disable=None if cfg.trainer.progress else True, dynamic_ncols=True,
+    )
+    tick = time.perf_counter()
+    for batch in loader:
+        measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
+        with peak_memory(device) if measure else nullcontext() as memory:
+            loss = train_step(trainee, batch, cfg, device).item()
+        if measure:
+            state.peak_memory_mb, state.memory_measure = round(memory.mb, 3), memory.measure
+        if not np.isfinite(loss):
+            return f"loss became {loss} at step {state.step + 1}"
+        trainee.scheduler.step()
+        state.step += 1
+        state.tokens += int(batch[1].sum())
+        state.train_seconds += time.perf_counter() - tick
+        state.recent_losses = (state.recent_losses + [loss])[-cfg.trainer.log_every :]
+        bar.update(1)
+        if state.step % cfg.trainer.log_every == 0:
+            writer.add_scalar("train/loss", state.train_loss(), state.step)
+            writer.add_scalar("train/lr", trainee.scheduler.get_last_lr()[0], state.step)
+            writer.add_scalar("train/steps_per_s", state.step / state.train_seconds, state.step)
+            writer.add_scalar("train/tokens_per_s", state.tokens / state.train_seconds, state.step)
+            bar.set_postfix(loss=f"{state.train_loss():.3f}", best_val=f"{max(state.best_val, 0):.3f}")
+        final = state.step == cfg.trainer.max_steps
+        if state.step % cfg.trainer.eval_every == 0 or final:
+            val = evaluate(trainee.forward, data.val, cfg, device)
+            writer.add_scalar("val/accuracy", val, state.step)
+            log.info("step %d: val accuracy %.4f", state.step, val)
+            if val > state.best_val:
+                state.best_val = val
+                checkpoint.save(run_dir / BEST, {"config_hash": run_hash, "model": trainee.model.state_dict()})
+        if state.step % cfg.trainer.checkpoint_every == 0 or final:
+            save_last(run_dir / LAST, run_hash, state, trainee)
+        tick = time.perf_counter()
+    bar.close()
+    return None
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate, test the best checkpoint; write and return the job's record."""
     started = time.perf_counter()
@@ -152,102 +238,50 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data = load_task(cfg.task, cfg.data, progress=cfg.trainer.progress)
     model = Classifier(cfg.model, data.vocab_size, cfg.task.num_classes, cfg.task.max_len).to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
-    run_hash = config_hash(cfg)
-    last_path, best_path = run_dir / "checkpoints" / checkpoint.LAST, run_dir / "checkpoints" / checkpoint.BEST
-    run_state = restore(last_path, run_hash, model, optimizer, scheduler)
-    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, run_state.step, cfg.trainer.max_steps)
-    loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
-        data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
+    trainee = Trainee(
+        model=model,
+        forward=torch.compile(model) if cfg.hardware.compile else model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps),
     )
-    step_fn = torch.compile(model) if cfg.hardware.compile else model
-    precision = Precision(cfg.hardware.precision)
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    status, error, recent_losses = "ok", None, []
-    bar = tqdm(
-        total=cfg.trainer.max_steps, initial=run_state.step, desc=f"{cfg.model.name} on {cfg.task.name}",
-        disable=None if cfg.trainer.progress else True, dynamic_ncols=True,
-    )
-    tick = time.perf_counter()
-    for tokens, mask, labels in loader:
-        tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
-        model.train()
-        measure = run_state.peak_memory_mb is None and len(optimizer.state) > 0  # a steady-state step
-        with peak_memory(device) if measure else nullcontext() as memory:
-            with autocast(device, precision):
-                loss = F.cross_entropy(step_fn(tokens, mask).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optimizer.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip)
-            optimizer.step()
-        loss_value = loss.item()
-        if measure:
-            run_state.peak_memory_mb, run_state.memory_measure = round(memory.mb, 3), memory.measure
-        if not np.isfinite(loss_value):
-            status, error = "diverged", f"loss became {loss_value} at step {run_state.step + 1}"
-            log.error(error)
-            break
-        scheduler.step()
-        run_state.step += 1
-        run_state.tokens += int(mask.sum())
-        run_state.train_seconds += time.perf_counter() - tick
-        recent_losses = (recent_losses + [loss_value])[-cfg.trainer.log_every :]
-        bar.update(1)
-        if run_state.step % cfg.trainer.log_every == 0:
-            writer.add_scalar("train/loss", float(np.mean(recent_losses)), run_state.step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], run_state.step)
-            writer.add_scalar("train/steps_per_s", run_state.step / run_state.train_seconds, run_state.step)
-            writer.add_scalar("train/tokens_per_s", run_state.tokens / run_state.train_seconds, run_state.step)
-            bar.set_postfix(loss=f"{np.mean(recent_losses):.3f}", best_val=f"{max(run_state.best_val, 0):.3f}")
-        final = run_state.step == cfg.trainer.max_steps
-        if run_state.step % cfg.trainer.eval_every == 0 or final:
-            val = evaluate(step_fn, data.val, cfg, device)
-            writer.add_scalar("val/accuracy", val, run_state.step)
-            log.info("step %d: val accuracy %.4f", run_state.step, val)
-            if val > run_state.best_val:
-                run_state.best_val = val
-                checkpoint.save(best_path, {"config_hash": run_hash, "step": run_state.step, "model": model.state_dict()})
-        if run_state.step % cfg.trainer.checkpoint_every == 0 or final:
-            save_last(last_path, run_hash, run_state, model, optimizer, scheduler)
-        tick = time.perf_counter()
-    bar.close()
-
-    metrics: dict[str, Any] = {"steps": run_state.step, "train_loss": float(np.mean(recent_losses)) if recent_losses else None}
-    if status == "ok":
-        best = checkpoint.load(best_path)
-        model.load_state_dict(best["model"])
-        metrics["test_accuracy"] = evaluate(model, data.test, cfg, device)
-        metrics["val_accuracy"] = run_state.best_val
-        metrics["test_majority_rate"] = data.test.majority_rate()
-        log_hparams(writer, cfg, {"test/accuracy": metrics["test_accuracy"], "val/best_accuracy": run_state.best_val})
-    if run_state.train_seconds > 0:
-        metrics["steps_per_s"] = run_state.step / run_state.train_seconds
-        metrics["tokens_per_s"] = run_state.tokens / run_state.train_seconds
-    metrics["peak_memory_mb"] = run_state.peak_memory_mb
-    metrics["memory_measure"] = run_state.memory_measure
-    writer.close()
+    state = restore(run_dir / LAST, config_hash(cfg), trainee)
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        diverged = fit(trainee, data, cfg, device, run_dir, state, writer)
+        metrics: dict[str, Any] = {"steps": state.step, "train_loss": state.train_loss()}
+        if diverged is None:
+            model.load_state_dict(checkpoint.load(run_dir / BEST)["model"])
+            metrics["test_accuracy"] = evaluate(model, data.test, cfg, device)
+            metrics["val_accuracy"] = state.best_val
+            metrics["test_majority_rate"] = data.test.majority_rate()
+            log_hparams(writer, cfg, {"test/accuracy": metrics["test_accuracy"], "val/best_accuracy": state.best_val})
+        else:
+            log.error(diverged)
+    if state.train_seconds > 0:
+        metrics["steps_per_s"] = state.step / state.train_seconds
+        metrics["tokens_per_s"] = state.tokens / state.train_seconds
+    metrics["peak_memory_mb"] = state.peak_memory_mb
+    metrics["memory_measure"] = state.memory_measure
     record = make_record(
-        cfg, kind="train", status=status, error=error, metrics=metrics, seq_len=cfg.task.max_len,
-        batch_size=cfg.trainer.batch_size, device=device, wall_s=time.perf_counter() - started,
+        cfg, kind="train", status="ok" if diverged is None else "diverged", error=diverged, metrics=metrics,
+        seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, device=device,
+        wall_s=time.perf_counter() - started,
     )
     path = write_records(run_dir, [record])
-    log.info("%s: %s, test accuracy %s", path, status, metrics.get("test_accuracy"))
+    log.info("%s: %s, test accuracy %s", path, record["status"], metrics.get("test_accuracy"))
     return record
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    with reported("lra-train"):
+    with reported(PROG):
         record = train(cfg, Path(hydra_cfg.runtime.output_dir))
     if record["status"] != "ok" and hydra_cfg.mode is RunMode.RUN:
         sys.exit(1)
 
 
 def cli() -> None:
-    run(main, "lra-train")
+    run(main, PROG)
 
 
 if __name__ == "__main__":

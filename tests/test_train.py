@@ -66,9 +66,9 @@ def test_resume_restores_model_optimizer_scheduler_step_and_data_order(tiny_cfg,
 
     original_save = train_module.save_last
 
-    def save_then_die(path, run_hash, run_state, *args):
-        original_save(path, run_hash, run_state, *args)
-        if run_state.step == 10:
+    def save_then_die(path, run_hash, state, trainee):
+        original_save(path, run_hash, state, trainee)
+        if state.step == 10:
             raise Interrupted
 
     monkeypatch.setattr(train_module.StepBatches, "__iter__", recording_iter)
