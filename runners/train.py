@@ -194,39 +194,39 @@ def fit(
         total=cfg.trainer.max_steps, initial=state.step, desc=f"{cfg.model.name} on {cfg.task.name}",
         disable=None if cfg.trainer.progress else True, dynamic_ncols=True,
     )
-    tick = time.perf_counter()
-    for batch in loader:
-        measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
-        with peak_memory(device) if measure else nullcontext() as memory:
-            loss = train_step(trainee, batch, cfg, device).item()
-        if measure:
-            state.peak_memory_mb, state.memory_measure = round(memory.mb, 3), memory.measure
-        if not np.isfinite(loss):
-            return f"loss became {loss} at step {state.step + 1}"
-        trainee.scheduler.step()
-        state.step += 1
-        state.tokens += int(batch[1].sum())
-        state.train_seconds += time.perf_counter() - tick
-        state.recent_losses = (state.recent_losses + [loss])[-cfg.trainer.log_every :]
-        bar.update(1)
-        if state.step % cfg.trainer.log_every == 0:
-            writer.add_scalar("train/loss", state.train_loss(), state.step)
-            writer.add_scalar("train/lr", trainee.scheduler.get_last_lr()[0], state.step)
-            writer.add_scalar("train/steps_per_s", state.step / state.train_seconds, state.step)
-            writer.add_scalar("train/tokens_per_s", state.tokens / state.train_seconds, state.step)
-            bar.set_postfix(loss=f"{state.train_loss():.3f}", best_val=f"{max(state.best_val, 0):.3f}")
-        final = state.step == cfg.trainer.max_steps
-        if state.step % cfg.trainer.eval_every == 0 or final:
-            val = evaluate(trainee.forward, data.val, cfg, device)
-            writer.add_scalar("val/accuracy", val, state.step)
-            log.info("step %d: val accuracy %.4f", state.step, val)
-            if val > state.best_val:
-                state.best_val = val
-                checkpoint.save(run_dir / BEST, {"config_hash": run_hash, "model": trainee.model.state_dict()})
-        if state.step % cfg.trainer.checkpoint_every == 0 or final:
-            save_last(run_dir / LAST, run_hash, state, trainee)
+    with bar:
         tick = time.perf_counter()
-    bar.close()
+        for batch in loader:
+            measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
+            with peak_memory(device) if measure else nullcontext() as memory:
+                loss = train_step(trainee, batch, cfg, device).item()
+            if measure:
+                state.peak_memory_mb, state.memory_measure = round(memory.mb, 3), memory.measure
+            if not np.isfinite(loss):
+                return f"loss became {loss} at step {state.step + 1}"
+            trainee.scheduler.step()
+            state.step += 1
+            state.tokens += int(batch[1].sum())
+            state.train_seconds += time.perf_counter() - tick
+            state.recent_losses = (state.recent_losses + [loss])[-cfg.trainer.log_every :]
+            bar.update(1)
+            if state.step % cfg.trainer.log_every == 0:
+                writer.add_scalar("train/loss", state.train_loss(), state.step)
+                writer.add_scalar("train/lr", trainee.scheduler.get_last_lr()[0], state.step)
+                writer.add_scalar("train/steps_per_s", state.step / state.train_seconds, state.step)
+                writer.add_scalar("train/tokens_per_s", state.tokens / state.train_seconds, state.step)
+                bar.set_postfix(loss=f"{state.train_loss():.3f}", best_val=f"{max(state.best_val, 0):.3f}")
+            final = state.step == cfg.trainer.max_steps
+            if state.step % cfg.trainer.eval_every == 0 or final:
+                val = evaluate(trainee.forward, data.val, cfg, device)
+                writer.add_scalar("val/accuracy", val, state.step)
+                log.info("step %d: val accuracy %.4f", state.step, val)
+                if val > state.best_val:
+                    state.best_val = val
+                    checkpoint.save(run_dir / BEST, {"config_hash": run_hash, "model": trainee.model.state_dict()})
+            if state.step % cfg.trainer.checkpoint_every == 0 or final:
+                save_last(run_dir / LAST, run_hash, state, trainee)
+            tick = time.perf_counter()
     return None
 
 

@@ -143,3 +143,19 @@ def test_missing_data_with_generation_disabled_fails_with_one_line(tmp_path: Pat
     [line] = result.stderr.strip().splitlines()
     assert "listops-short" in line and "data.generate=false" in line
     assert not (tmp_path / "run" / "records.jsonl").exists()
+
+
+def test_bf16_autocast_path_trains_like_fp32_on_the_cpu(tiny_cfg, tmp_path: Path):
+    fp32 = train(tiny_cfg(), tmp_path / "fp32")
+    bf16 = train(tiny_cfg("hardware.precision=bf16"), tmp_path / "bf16")
+    assert bf16["status"] == "ok" and bf16["config"]["hardware"]["precision"] == "bf16"
+    assert bf16["metrics"]["train_loss"] != fp32["metrics"]["train_loss"]  # autocast really ran
+    assert bf16["metrics"]["train_loss"] == pytest.approx(fp32["metrics"]["train_loss"], abs=0.05)
+
+
+def test_the_gpu_profile_says_when_cuda_is_missing(tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("runners.train", "hardware=gpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "lra-train: error: hardware.device: hardware=gpu needs CUDA, which this torch build cannot see"
