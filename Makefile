@@ -31,7 +31,7 @@ run: install ## train the default CPU benchmark (full attention, sdpa and math, 
 test: install ## run the fast test suite
 	$(BIN)/pytest -m "not slow"
 
-test-slow: install ## run the slow tests (full-size runs, kill-and-resume)
+test-slow: install ## run the slow tests (the default run end to end, torch.compile)
 	$(BIN)/pytest -m slow
 
 clean: ## remove the venv, caches and run outputs (keeps data/ and the committed results)
