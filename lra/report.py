@@ -65,6 +65,10 @@ def write_report(records: pd.DataFrame, out: Path) -> dict[str, Path]:
     table = runs_table(records)
     paths = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv"}
     hardware = ", ".join(sorted(records["hardware"].unique()))
-    paths["md"].write_text(f"# Training runs (hardware: {hardware})\n\n{table.to_markdown(index=False)}\n")
+    measures = ", ".join(sorted(records.get("metrics.memory_measure", pd.Series(dtype=str)).dropna().unique()))
+    paths["md"].write_text(
+        f"# Training runs (hardware: {hardware})\n\n{table.to_markdown(index=False)}\n\n"
+        f"peak MB: memory of one training step above the resident model and optimizer state ({measures}).\n"
+    )
     table.to_csv(paths["csv"], index=False)
     return paths
