@@ -51,6 +51,7 @@ BEST = Path("checkpoints") / checkpoint.BEST  # model weights of the best valida
 class RunState:
     """What a checkpoint carries besides the model, optimizer and scheduler states."""
 
+    config_hash: str  # of the config that made it: a run resumes only under the same config
     step: int = 0
     best_val: float = -1.0
     train_seconds: float = 0.0
@@ -108,15 +109,15 @@ def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, 
     return correct / total
 
 
-def restore(path: Path, expected_hash: str, trainee: Trainee) -> RunState:
+def restore(path: Path, run_hash: str, trainee: Trainee) -> RunState:
     """Resume from the last checkpoint in the run directory, if there is one."""
     saved = checkpoint.load(path)
     if saved is None:
-        return RunState()
-    if saved["config_hash"] != expected_hash:
+        return RunState(config_hash=run_hash)
+    if saved["run_state"]["config_hash"] != run_hash:
         raise LRAError(
-            f"{path}: checkpoint of a different config (hash {saved['config_hash']}, this run {expected_hash}); "
-            "use another hydra.run.dir or delete the checkpoint"
+            f"{path}: checkpoint of a different config (hash {saved['run_state']['config_hash']}, "
+            f"this run {run_hash}); use another hydra.run.dir or delete the checkpoint"
         )
     trainee.model.load_state_dict(saved["model"])
     trainee.optimizer.load_state_dict(saved["optimizer"])
@@ -128,10 +129,9 @@ def restore(path: Path, expected_hash: str, trainee: Trainee) -> RunState:
     return RunState(**saved["run_state"])
 
 
-def save_last(path: Path, run_hash: str, state: RunState, trainee: Trainee) -> None:
+def save_last(path: Path, state: RunState, trainee: Trainee) -> None:
     """The resumable state of the run: everything `restore` needs to continue exactly."""
     saved = {
-        "config_hash": run_hash,
         "run_state": vars(state),
         "model": trainee.model.state_dict(),
         "optimizer": trainee.optimizer.state_dict(),
@@ -184,7 +184,6 @@ def fit(
 
     Returns None, or the one-line reason the loss diverged.
     """
-    run_hash = config_hash(cfg)
     batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps)
     loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
         data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
@@ -223,9 +222,9 @@ def fit(
                 log.info("step %d: val accuracy %.4f", state.step, val)
                 if val > state.best_val:
                     state.best_val = val
-                    checkpoint.save(run_dir / BEST, {"config_hash": run_hash, "model": trainee.model.state_dict()})
+                    checkpoint.save(run_dir / BEST, {"model": trainee.model.state_dict()})
             if state.step % cfg.trainer.checkpoint_every == 0 or final:
-                save_last(run_dir / LAST, run_hash, state, trainee)
+                save_last(run_dir / LAST, state, trainee)
             tick = time.perf_counter()
     return None
 

@@ -66,8 +66,8 @@ def test_resume_restores_model_optimizer_scheduler_step_and_data_order(tiny_cfg,
 
     original_save = train_module.save_last
 
-    def save_then_die(path, run_hash, state, trainee):
-        original_save(path, run_hash, state, trainee)
+    def save_then_die(path, state, trainee):
+        original_save(path, state, trainee)
         if state.step == 10:
             raise Interrupted
 
