@@ -1,4 +1,7 @@
-"""Peak memory of one measurement alone, on CUDA and on the CPU.
+"""Time and peak memory of one measurement alone, on CUDA and on the CPU.
+
+Time: torch.utils.benchmark after a warm-up call, the device synchronised around the timed
+region, the median of repeated blocks, on the thread count torch is set to.
 
 CUDA: the allocator's peak after a reset, minus what was allocated before (the baseline).
 CPU: the allocator keeps no statistics, so a dispatch mode counts the bytes of every tensor
@@ -11,9 +14,10 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils import benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -79,3 +83,10 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
         with LiveTensorBytes() as tracker:
             yield result
         result.bytes = tracker.peak
+
+
+def median_seconds(fn: Callable[[], object], *, min_run_time: float = 2.0) -> float:
+    """Median seconds per call of `fn`, timed for at least `min_run_time` after one warm-up call."""
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median

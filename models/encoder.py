@@ -40,7 +40,9 @@ class Block(nn.Module):
             attention.name, num_heads=cfg.num_heads, head_dim=head_dim, max_len=max_len, **config_fields(attention)
         )
         self.norm1 = nn.LayerNorm(cfg.dim)
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        # A shared-QK variant (Reformer) gets its keys from the query projection: no key weights.
+        self.projections = 2 if self.attn.shared_qk else 3
+        self.qkv = nn.Linear(cfg.dim, self.projections * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = nn.Sequential(
@@ -50,8 +52,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = self.qkv(self.norm1(x)).view(batch, length, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        heads = self.qkv(self.norm1(x)).view(batch, length, self.projections, self.num_heads, dim // self.num_heads)
+        q, *kv = heads.permute(2, 0, 3, 1, 4)
+        k, v = (q, *kv) if self.attn.shared_qk else kv
         heads = self.attn(q, k, v, key_padding_mask=key_padding_mask)
         x = x + self.dropout(self.proj(heads.transpose(1, 2).reshape(batch, length, dim)))
         return x + self.dropout(self.mlp(self.norm2(x)))

@@ -37,6 +37,7 @@ from lra.errors import LRAError
 from lra.measure import peak_memory
 from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record, resolved, write_records
+from models.attention import Attention
 from models.encoder import Classifier
 from tasks import load_task
 from tasks.batching import SequenceDataset, StepBatches, TaskData, pad_batch
@@ -173,6 +174,9 @@ def train_step(trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfi
     if cfg.optimizer.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optimizer.grad_clip)
     trainee.optimizer.step()
+    for module in trainee.model.modules():  # eager, outside any compiled region
+        if isinstance(module, Attention):
+            module.on_train_step()
     return loss
 
 

@@ -47,19 +47,23 @@ def test_every_group_option_has_a_registered_schema_and_composes():
         OmegaConf.to_container(cfg, resolve=True)  # no missing value
 
 
+MODEL_OPTIONS = [yaml.stem for yaml in (CONF_DIR / "model").glob("*.yaml")]
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model=nope", "model=nope: no such model; choose one of: full"),
+        ("model=nope", "model=nope: no such model; choose one of: " + ", ".join(sorted(MODEL_OPTIONS))),
         ("hardware=tpu", "choose one of: cpu, gpu, h200"),
         ("model.num_heads=x", "model.num_heads: Value 'x' of type 'str' could not be converted to Integer"),
         ("model.attention.impl=fast", "model.attention.impl: Invalid value 'fast', expected one of [sdpa, math]"),
         ("model.attention.windw=3", "model.attention.windw: Key 'windw' not in 'FullAttentionConfig'; known keys"),
         ("trainer.max_steps=1.5", "trainer.max_steps"),
+        ("model=lsh model.attention.bucket_size=0", "model.attention.bucket_size: must be positive, got 0"),
     ],
 )
 def test_bad_command_lines_fail_with_one_line(override, expected, tmp_path: Path):
-    result = run_cli("runners.train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
+    result = run_cli("runners.train", *override.split(), f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

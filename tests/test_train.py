@@ -14,6 +14,7 @@ import runners.train as train_module
 from lra import checkpoint
 from lra.errors import LRAError
 from lra.records import read_records
+from models.attention import Attention, list_attention
 from runners.train import train
 from tests.conftest import REPO, run_cli
 
@@ -46,6 +47,22 @@ def test_a_run_writes_its_record_and_tensorboard_logs(tiny_cfg, tmp_path: Path):
     ).session_start_info
     assert session.hparams["model.dim"].number_value == 32
     assert session.hparams["task.name"].string_value == "listops"
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_every_attention_variant_trains_on_listops(tiny_cfg, tmp_path: Path, name):
+    cfg = tiny_cfg(f"model={name}", "trainer.max_steps=6", "trainer.eval_every=6")
+    record = train(cfg, tmp_path / "run")
+    assert record["status"] == "ok", record["error"]
+    assert record["config"]["model"]["attention"]["name"] == name
+    assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_attention_hears_of_every_optimizer_step(tiny_cfg, tmp_path: Path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Attention, "on_train_step", lambda self: calls.append(self))
+    train(tiny_cfg("model.num_layers=2"), tmp_path / "run")
+    assert len(calls) == 20 * 2 and len(set(map(id, calls))) == 2
 
 
 class Interrupted(Exception):

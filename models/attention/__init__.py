@@ -9,16 +9,35 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import ClassVar
 
 from torch import nn
 
+from lra.errors import LRAError
 from lra.registry import Registry
 
-ATTENTION: Registry[type[nn.Module]] = Registry("attention")
+
+class Attention(nn.Module):
+    """Base of every variant: the call contract above, and what a variant declares about itself."""
+
+    shared_qk: ClassVar[bool] = False  # keys are the queries (Reformer): the block projects q and v only
+    linear_memory: ClassVar[bool] = False  # peak memory grows linearly with length (checked by the tests)
+
+    def on_train_step(self) -> None:
+        """Called after every optimizer step, outside any compiled region (e.g. to redraw features)."""
+
+
+def check_config(ok: bool, key: str, problem: str) -> None:
+    """Unless `ok`, fail with the one-line error `model.attention.<key>: <problem>`."""
+    if not ok:
+        raise LRAError(f"model.attention.{key}: {problem}")
+
+
+ATTENTION: Registry[type[Attention]] = Registry("attention")
 register_attention = ATTENTION.register
 
 
-def build_attention(name: str, *, num_heads: int, head_dim: int, max_len: int, **overrides) -> nn.Module:
+def build_attention(name: str, *, num_heads: int, head_dim: int, max_len: int, **overrides) -> Attention:
     """The variant registered as `name`, with its config defaults updated by `overrides`."""
     module_cls, config_cls = ATTENTION.get(name)
     return module_cls(config_cls(**overrides), num_heads=num_heads, head_dim=head_dim, max_len=max_len)

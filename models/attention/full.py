@@ -13,10 +13,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from lra.config import AttentionConfig, Choice
-from models.attention import register_attention
+from models.attention import Attention, register_attention
+from models.attention.masking import mask_scores
 
 
 class FullImpl(Choice):
@@ -31,7 +30,7 @@ class FullAttentionConfig(AttentionConfig):
 
 
 @register_attention(FullAttentionConfig)
-class FullAttention(nn.Module):
+class FullAttention(Attention):
     """softmax(q k^T / sqrt(d)) v over all real keys."""
 
     def __init__(self, config: FullAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
@@ -48,6 +47,6 @@ class FullAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = mask_scores(scores, mask)
         probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
         return probs @ v

@@ -1,0 +1,39 @@
+"""Exact attention written out independently of the modules under test, and test inputs for it."""
+
+from __future__ import annotations
+
+import torch
+
+
+def softmax_attention(q, k, v, allowed=None, key_padding_mask=None):
+    """softmax(q k^T / sqrt(d)) v in float64 over the allowed keys.
+
+    `allowed`: bool, broadcastable to (batch, heads, queries, keys); `key_padding_mask`: (batch, keys)
+    bool, True at real keys. Rows with no allowed key come out as zeros.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / q.shape[-1] ** 0.5
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if allowed is not None:
+        mask = mask & allowed
+    if key_padding_mask is not None:
+        mask = mask & key_padding_mask[:, None, None, :]
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bhkd->bhqd", probs, v)
+
+
+def random_heads(batch=3, heads=2, length=37, dim=16, dtype=torch.float32, scale=2.0, seed=0):
+    """randn q, k, v whose logits q.k/sqrt(d) have std about `scale` (so attention is far from
+    uniform), and a ragged padding mask: full length, length - 11, and 5 real tokens (at least 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=dtype) for _ in range(3))
+    q = q * scale**0.5
+    k = k * scale**0.5
+    lengths = torch.tensor([length, max(length - 11, 1), min(length, 5)])[:batch]
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    return q, k, v, mask
+
+
+def real_positions(mask, out):
+    """Boolean index of `out` (batch, heads, length, dim) at real query positions."""
+    return mask[:, None, :, None].expand_as(out)
