@@ -10,7 +10,7 @@ STAMP         := $(VENV)/.installed-$(TORCH_VERSION)
 RUNS          ?= results/runs/default
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow clean
+.PHONY: help install run speedup test test-slow clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,9 @@ install: $(STAMP) ## create .venv: pinned torch first, then this project (editab
 run: install ## train the default CPU benchmark (full attention, sdpa and math, on ListOps) and write results/
 	$(BIN)/lra-train -m model.attention.impl=sdpa,math trainer.progress=false hydra.sweep.dir=$(RUNS)
 	$(BIN)/lra-report runs=$(RUNS) out=results
+
+speedup: install ## time every attention variant against full attention at 512-4096 tokens (results/speedup_cpu.md)
+	$(BIN)/python -m runners.speedup --extra "model=performer model.attention.num_features=64"
 
 test: install ## run the fast test suite
 	$(BIN)/pytest -m "not slow"

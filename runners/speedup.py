@@ -38,12 +38,18 @@ VOCAB, CLASSES = 256, 2
 PLAIN, FUSED = "full-math", "full-sdpa"
 
 
-def model_configs() -> list[DictConfig]:
-    """The model config of every registered variant, full attention in both forms, as composed."""
+def model_configs(extra: list[str]) -> list[DictConfig]:
+    """The model config of every registered variant, full attention in both forms, then the `extra`
+    rows (each a string of overrides, named by them), as composed."""
     rows = [[f"model={name}"] for name in list_attention() if name != "full"]
     rows = [["model=full", "model.attention.impl=math"], ["model=full", "model.attention.impl=sdpa"], *rows]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return [compose(config_name="train", overrides=[*row, *LRA_TEXT]).model for row in rows]
+        configs = [compose(config_name="train", overrides=[*row, *LRA_TEXT]).model for row in rows]
+        for overrides in extra:
+            config = compose(config_name="train", overrides=[*overrides.split(), *LRA_TEXT]).model
+            config.name = f"{config.name} ({' '.join(o for o in overrides.split() if not o.startswith('model='))})"
+            configs.append(config)
+    return configs
 
 
 def measure(model_cfg: DictConfig, length: int, batch: int, min_run_time: float) -> dict:
@@ -65,14 +71,18 @@ def measure(model_cfg: DictConfig, length: int, batch: int, min_run_time: float)
             "tokens_per_s": batch * length / seconds, "peak_memory_mb": tracker.peak / 2**20}
 
 
+def crossover(seconds: pd.DataFrame) -> pd.Series:
+    """Per model (rows of `seconds`, columns the lengths), the shortest measured length from which it
+    stays faster than fused full attention at every longer length; "none" if it never does."""
+    faster = seconds.loc[FUSED] / seconds > 1
+    from_here_on = faster.iloc[:, ::-1].cummin(axis=1).iloc[:, ::-1]
+    return from_here_on.idxmax(axis=1).where(from_here_on.any(axis=1), other="none").rename("seq_len")
+
+
 def summarise(frame: pd.DataFrame) -> str:
     """Markdown: speed-up and memory ratio against both full-attention forms, and the crossover."""
     seconds = frame.pivot(index="model", columns="seq_len", values="seconds")
     memory = frame.pivot(index="model", columns="seq_len", values="peak_memory_mb")
-    faster = seconds.loc[FUSED] / seconds > 1
-    # the shortest measured length from which the variant stays faster than fused full attention
-    beats = faster.iloc[:, ::-1].cummin(axis=1).iloc[:, ::-1]
-    crossover = beats.idxmax(axis=1).where(beats.any(axis=1), other="none")
     parts = [
         ("Speed-up against plain full attention (the LRA paper's baseline)", seconds.loc[PLAIN] / seconds),
         ("Speed-up against fused full attention (sdpa)", seconds.loc[FUSED] / seconds),
@@ -80,11 +90,9 @@ def summarise(frame: pd.DataFrame) -> str:
         ("Peak memory relative to fused full attention", memory / memory.loc[FUSED]),
         ("Seconds per forward and backward pass", seconds),
         ("Peak live-tensor MB of one forward and backward pass", memory),
+        ("Shortest length from which each variant beats fused full attention", crossover(seconds)),
     ]
-    text = [f"## {title}\n\n{table.round(3).to_markdown()}\n" for title, table in parts]
-    text.append(f"## Shortest length from which each variant beats fused full attention\n\n"
-                f"{crossover.rename('seq_len').to_markdown()}\n")
-    return "\n".join(text)
+    return "\n".join(f"## {title}\n\n{table.to_markdown(floatfmt='.3f')}\n" for title, table in parts)
 
 
 def cli() -> None:
@@ -92,9 +100,11 @@ def cli() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds of timing per measurement")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDES",
+                        help='more rows, each a quoted list of overrides, e.g. "model=performer model.attention.num_features=64"')
     parser.add_argument("--out", type=Path, default=Path("results/speedup_cpu"), help="path without suffix")
     args = parser.parse_args()
-    configs = model_configs()
+    configs = model_configs(args.extra)
     rows = []
     with tqdm(total=len(configs) * len(args.lengths), desc="forward+backward") as bar:
         for model_cfg in configs:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lra.errors import LRAError
+from models.attention import list_attention
 from models.encoder import Classifier
 from tests.conftest import compose_config
 
@@ -19,7 +20,26 @@ def build(*overrides: str) -> Classifier:
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("impl", ["sdpa", "math"])
 def test_padding_does_not_change_logits(pooling, impl):
-    model = build(f"model.pooling={pooling}", f"model.attention.impl={impl}")
+    assert_padding_invariant(build(f"model.pooling={pooling}", f"model.attention.impl={impl}"))
+
+
+@pytest.mark.parametrize("name", list_attention())
+def test_padding_does_not_change_logits_whatever_the_attention(name):
+    assert_padding_invariant(build(f"model={name}"))
+
+
+def test_a_shared_qk_attention_gets_its_keys_from_the_query_projection():
+    model = build("model=lsh")
+    block = model.encoder.blocks[0]
+    assert block.attn.shared_qk and block.qkv.out_features == 2 * 32
+    seen = []
+    block.attn.register_forward_hook(lambda module, args, out: seen.append(args))
+    model(torch.ones(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool))
+    q, k, v = seen[0]
+    assert k is q and not torch.equal(v, q)
+
+
+def assert_padding_invariant(model: Classifier) -> None:
     gen = torch.Generator().manual_seed(1)
     short = torch.randint(1, 20, (1, 9), generator=gen)
     long = torch.randint(1, 20, (1, 30), generator=gen)

@@ -86,6 +86,7 @@ def make_layout(
     no_positions = torch.empty(0, dtype=torch.long)
     global_keys = no_positions if global_keys is None else global_keys
     global_queries = no_positions if global_queries is None else global_queries
+    blocks = blocks[..., (blocks >= 0).flatten(0, 1).any(dim=0)]  # no slot empty everywhere (short inputs)
     num_blocks = blocks.shape[1]
     keys = _key_positions(blocks.clamp(min=0), block)[:, :, None, :]
     is_global = torch.zeros(num_blocks * block, dtype=torch.bool)
