@@ -33,6 +33,8 @@ class Block(nn.Module):
 
     def __init__(self, cfg: DictConfig, max_len: int) -> None:
         super().__init__()
+        if cfg.dim % cfg.num_heads:
+            raise LRAError(f"model.dim: {cfg.dim} is not divisible by model.num_heads={cfg.num_heads}")
         self.num_heads = cfg.num_heads
         head_dim = cfg.dim // cfg.num_heads
         attention = OmegaConf.to_object(cfg.attention)
@@ -60,13 +62,16 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
+def check_model_config(cfg: DictConfig, max_len: int) -> None:
+    """Fail at once, before any data is loaded, on a model config whose blocks cannot be built."""
+    Block(cfg, max_len)
+
+
 class Encoder(nn.Module):
     """Token ids (batch, length) and their padding mask -> one vector per sequence."""
 
     def __init__(self, cfg: DictConfig, vocab_size: int, max_len: int) -> None:
         super().__init__()
-        if cfg.dim % cfg.num_heads:
-            raise LRAError(f"model.dim: {cfg.dim} is not divisible by model.num_heads={cfg.num_heads}")
         self.pooling = Pooling(cfg.pooling)
         self.max_len = max_len
         seq_len = max_len + (self.pooling is Pooling.cls)

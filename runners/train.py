@@ -38,7 +38,7 @@ from lra.measure import peak_memory
 from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record, resolved, write_records
 from models.attention import Attention
-from models.encoder import Classifier
+from models.encoder import Classifier, check_model_config
 from tasks import load_task
 from tasks.batching import SequenceDataset, StepBatches, TaskData, pad_batch
 
@@ -236,6 +236,7 @@ def fit(
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate, test the best checkpoint; write and return the job's record."""
     started = time.perf_counter()
+    check_model_config(cfg.model, cfg.task.max_len)
     device = setup_device(cfg.hardware)
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data, progress=cfg.trainer.progress)
