@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lra.records import read_records
+from models.attention import list_attention
 from runners.train import train
 from tests.conftest import REPO, run_cli
 
@@ -25,8 +26,9 @@ def test_default_run_learns_well_above_the_majority_class(tmp_path: Path):
     assert metrics["test_accuracy"] > metrics["test_majority_rate"] + 0.15
 
 
-def test_compiled_model_trains_like_the_eager_one(tiny_cfg, tmp_path: Path):
-    eager = train(tiny_cfg(), tmp_path / "eager")
-    compiled = train(tiny_cfg("hardware.compile=true"), tmp_path / "compiled")
+@pytest.mark.parametrize("name", list_attention())
+def test_compiled_model_trains_like_the_eager_one(tiny_cfg, tmp_path: Path, name):
+    eager = train(tiny_cfg(f"model={name}"), tmp_path / "eager")
+    compiled = train(tiny_cfg(f"model={name}", "hardware.compile=true"), tmp_path / "compiled")
     assert compiled["status"] == "ok"
     assert compiled["metrics"]["train_loss"] == pytest.approx(eager["metrics"]["train_loss"], abs=1e-3)
