@@ -54,8 +54,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, dim = x.shape
-        heads = self.qkv(self.norm1(x)).view(batch, length, self.projections, self.num_heads, dim // self.num_heads)
-        q, *kv = heads.permute(2, 0, 3, 1, 4)
+        projected = self.qkv(self.norm1(x)).view(batch, length, self.projections, self.num_heads, dim // self.num_heads)
+        q, *kv = projected.permute(2, 0, 3, 1, 4)
         k, v = (q, *kv) if self.attn.shared_qk else kv
         heads = self.attn(q, k, v, key_padding_mask=key_padding_mask)
         x = x + self.dropout(self.proj(heads.transpose(1, 2).reshape(batch, length, dim)))
