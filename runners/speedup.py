@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import tasks  # noqa: F401  (registers the task schemas the train config names)
+from lra.cli import reported
 from lra.config import CONF_DIR
 from lra.measure import LiveTensorBytes, median_seconds
 from lra.records import atomic_write
@@ -41,14 +42,12 @@ PLAIN, FUSED = "full-math", "full-sdpa"
 def model_configs(extra: list[str]) -> list[DictConfig]:
     """The model config of every registered variant, full attention in both forms, then the `extra`
     rows (each a string of overrides, named by them), as composed."""
-    rows = [[f"model={name}"] for name in list_attention() if name != "full"]
-    rows = [["model=full", "model.attention.impl=math"], ["model=full", "model.attention.impl=sdpa"], *rows]
+    rows = ["model=full model.attention.impl=math", "model=full model.attention.impl=sdpa",
+            *(f"model={name}" for name in list_attention() if name != "full")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        configs = [compose(config_name="train", overrides=[*row, *LRA_TEXT]).model for row in rows]
-        for overrides in extra:
-            config = compose(config_name="train", overrides=[*overrides.split(), *LRA_TEXT]).model
-            config.name = f"{config.name} ({' '.join(o for o in overrides.split() if not o.startswith('model='))})"
-            configs.append(config)
+        configs = [compose(config_name="train", overrides=[*row.split(), *LRA_TEXT]).model for row in rows + extra]
+    for config, row in zip(configs[len(rows):], extra):
+        config.name += f" ({' '.join(o for o in row.split() if not o.startswith('model='))})"
     return configs
 
 
@@ -104,7 +103,8 @@ def cli() -> None:
                         help='more rows, each a quoted list of overrides, e.g. "model=performer model.attention.num_features=64"')
     parser.add_argument("--out", type=Path, default=Path("results/speedup_cpu"), help="path without suffix")
     args = parser.parse_args()
-    configs = model_configs(args.extra)
+    with reported(parser.prog):
+        configs = model_configs(args.extra)
     rows = []
     with tqdm(total=len(configs) * len(args.lengths), desc="forward+backward") as bar:
         for model_cfg in configs:

@@ -73,6 +73,10 @@ class Trainee:
     forward: torch.nn.Module  # the model, or its torch.compile'd form
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    attention: list[Attention] = field(init=False)  # the model's attention layers, told of every step
+
+    def __post_init__(self) -> None:
+        self.attention = [module for module in self.model.modules() if isinstance(module, Attention)]
 
 
 def setup_device(hardware: DictConfig) -> torch.device:
@@ -174,9 +178,8 @@ def train_step(trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfi
     if cfg.optimizer.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optimizer.grad_clip)
     trainee.optimizer.step()
-    for module in trainee.model.modules():  # eager, outside any compiled region
-        if isinstance(module, Attention):
-            module.on_train_step()
+    for attention in trainee.attention:  # eager, outside any compiled region
+        attention.on_train_step()
     return loss
 
 

@@ -29,9 +29,14 @@ def random_heads(batch=3, heads=2, length=37, dim=16, dtype=torch.float32, scale
     q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=dtype) for _ in range(3))
     q = q * scale**0.5
     k = k * scale**0.5
+    return q, k, v, ragged_mask(batch, length)
+
+
+def ragged_mask(batch, length):
+    """(batch, length) padding mask of up to three samples: full length, length - 11 and 5 real
+    tokens (at least 1)."""
     lengths = torch.tensor([length, max(length - 11, 1), min(length, 5)])[:batch]
-    mask = torch.arange(length)[None, :] < lengths[:, None]
-    return q, k, v, mask
+    return torch.arange(length)[None, :] < lengths[:, None]
 
 
 def real_positions(mask, out):

@@ -90,6 +90,8 @@ def test_padding_never_changes_real_outputs(name):
     out, out_noisy = attn(*heads_for(attn, q, k, v), mask), attn(*heads_for(attn, *noisy), mask)
     real = real_positions(mask, out)
     assert torch.allclose(out[real], out_noisy[real], atol=1e-5), (out[real] - out_noisy[real]).abs().max()
+    # without the mask the noise reaches real positions: the check above is not vacuous
+    assert not torch.allclose(attn(*heads_for(attn, *noisy), None)[real], out[real], atol=1e-3)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

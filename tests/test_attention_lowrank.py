@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lra.errors import LRAError
 from models.attention import build_attention
 from models.attention.lowrank import depthwise_conv
-from tests.attention_reference import random_heads, real_positions, softmax_attention
+from tests.attention_reference import ragged_mask, random_heads, real_positions, softmax_attention
 
 
 def max_error_at_real_positions(out, ref, mask):
@@ -109,8 +109,7 @@ def clustered_heads(batch=3, heads=2, length=64, dim=16, runs=8, scale=4.0, seed
     tokens = centres[:, :, torch.arange(length) * runs // length]
     q, k = (tokens + 0.3 * torch.randn(tokens.shape, generator=gen, dtype=torch.float64) for _ in range(2))
     v = torch.randn(batch, heads, length, dim, generator=gen, dtype=torch.float64)
-    lengths = torch.tensor([length, length - 11, 5])[:batch]
-    return q, k, v, torch.arange(length)[None, :] < lengths[:, None]
+    return q, k, v, ragged_mask(batch, length)
 
 
 def rms_error_at_real_positions(out, ref, mask):

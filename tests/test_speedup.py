@@ -40,3 +40,14 @@ def test_every_variant_is_measured_against_both_full_forms(tmp_path: Path):
     assert expected <= set(frame.model) and len(frame) == 2 * (len(list_attention()) + 2)
     assert (frame.seconds > 0).all() and (frame.peak_memory_mb > 0).all()
     assert "Shortest length from which each variant beats fused" in out.with_suffix(".md").read_text()
+
+
+def test_an_unknown_model_fails_with_one_line_and_writes_nothing(tmp_path: Path):
+    out = tmp_path / "speedup"
+    result = run_cli("runners.speedup", "--extra", "model=nope", "--out", str(out), cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "python -m runners.speedup: error: model=nope: no such model; choose one of: "
+        + ", ".join(sorted(path.stem for path in (REPO / "conf" / "model").glob("*.yaml")))
+    ]
+    assert not list(tmp_path.iterdir())
