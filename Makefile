@@ -29,7 +29,8 @@ run: install ## train the default CPU benchmark (full attention, sdpa and math, 
 	$(BIN)/lra-report runs=$(RUNS) out=results
 
 speedup: install ## time every attention variant against full attention at 512-4096 tokens (results/speedup_cpu.md)
-	$(BIN)/python -m runners.speedup --extra "model=performer model.attention.num_features=64"
+	$(BIN)/python -m runners.speedup --extra "model=performer model.attention.num_features=64" \
+		"model=performer model.attention.kernel=relu model.attention.features=deterministic"
 
 test: install ## run the fast test suite
 	$(BIN)/pytest -m "not slow"

@@ -41,13 +41,15 @@ PLAIN, FUSED = "full-math", "full-sdpa"
 
 def model_configs(extra: list[str]) -> list[DictConfig]:
     """The model config of every registered variant, full attention in both forms, then the `extra`
-    rows (each a string of overrides, named by them), as composed."""
+    rows (each a string of overrides), as composed. A row whose model name is already taken is
+    named by its overrides too."""
     rows = ["model=full model.attention.impl=math", "model=full model.attention.impl=sdpa",
             *(f"model={name}" for name in list_attention() if name != "full")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         configs = [compose(config_name="train", overrides=[*row.split(), *LRA_TEXT]).model for row in rows + extra]
     for config, row in zip(configs[len(rows):], extra):
-        config.name += f" ({' '.join(o for o in row.split() if not o.startswith('model='))})"
+        if config.name in {c.name for c in configs if c is not config}:
+            config.name += f" ({' '.join(o for o in row.split() if not o.startswith('model='))})"
     return configs
 
 

@@ -36,10 +36,12 @@ def test_linear_equals_its_quadratic_form_in_outputs_and_gradients():
         assert torch.allclose(grad, expected_grad, atol=1e-12)
 
 
-def test_performer_relu_kernel_equals_its_quadratic_form():
+@pytest.mark.parametrize("features", ["random", "deterministic"])
+def test_performer_relu_kernel_equals_its_quadratic_form(features):
     q, k, v, mask = random_heads(dtype=torch.float64)
-    attn = build_attention("performer", num_heads=2, head_dim=16, max_len=37, kernel="relu", num_features=24)
-    w = attn.projection.double()
+    attn = build_attention("performer", num_heads=2, head_dim=16, max_len=37, kernel="relu", features=features,
+                           num_features=24)
+    w = torch.eye(16, dtype=torch.float64) if features == "deterministic" else attn.projection.double()
     expected = quadratic_kernel_attention(
         F.relu(q @ w.T) + RELU_FEATURE_EPS, F.relu(k @ w.T) + RELU_FEATURE_EPS, v, mask
     )
@@ -77,7 +79,9 @@ def test_performer_error_falls_as_features_grow_and_beats_the_mean_of_v():
 
 
 @pytest.mark.parametrize(
-    "name, overrides", [("linear", {}), ("performer", {"kernel": "softmax"}), ("performer", {"kernel": "relu"})]
+    "name, overrides",
+    [("linear", {}), ("performer", {"kernel": "softmax"}), ("performer", {"kernel": "relu"}),
+     ("performer", {"kernel": "relu", "features": "deterministic"})],
 )
 def test_padded_keys_are_removed_after_the_feature_map(name, overrides):
     """Each sample padded equals the same sample cut to its real length. Zeroing padded keys before
@@ -155,3 +159,12 @@ def test_state_dict_round_trip_restores_features_and_counter_and_continues_ident
         trained.on_train_step()
         resumed.on_train_step()
         assert torch.equal(resumed.projection, trained.projection)
+
+
+def test_deterministic_features_carry_no_state_and_ignore_training_steps():
+    attn = performer(kernel="relu", features="deterministic")
+    assert attn.projection is None and not attn.state_dict()
+    q, k, v, mask = random_heads(dim=8, length=16)
+    out = attn(q, k, v, mask)
+    attn.on_train_step()
+    assert torch.equal(attn(q, k, v, mask), out)

@@ -37,6 +37,12 @@ def test_math_impl_changes_the_row_name():
     assert compose_config("model.attention.impl=math").model.name == "full-math"
 
 
+def test_performer_row_name_carries_kernel_and_features():
+    assert compose_config("model=performer").model.name == "performer-softmax-random"
+    relu = compose_config("model=performer", "model.attention.kernel=relu", "model.attention.features=deterministic")
+    assert relu.model.name == "performer-relu-deterministic"
+
+
 def test_every_group_option_has_a_registered_schema_and_composes():
     for yaml in sorted((CONF_DIR / "model").glob("*.yaml")):
         cfg = compose_config(f"model={yaml.stem}")
@@ -60,6 +66,8 @@ MODEL_OPTIONS = [yaml.stem for yaml in (CONF_DIR / "model").glob("*.yaml")]
         ("model.attention.windw=3", "model.attention.windw: Key 'windw' not in 'FullAttentionConfig'; known keys"),
         ("trainer.max_steps=1.5", "trainer.max_steps"),
         ("model=lsh model.attention.bucket_size=0", "model.attention.bucket_size: must be positive, got 0"),
+        ("model=performer model.attention.features=deterministic",
+         "model.attention.features: deterministic needs kernel relu"),
     ],
 )
 def test_bad_command_lines_fail_with_one_line(override, expected, tmp_path: Path):

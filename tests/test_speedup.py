@@ -36,7 +36,7 @@ def test_every_variant_is_measured_against_both_full_forms(tmp_path: Path):
                      "--extra", "model=performer model.attention.num_features=8", cwd=REPO)
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out.with_suffix(".csv"))
-    expected = {PLAIN, FUSED, "performer-softmax (model.attention.num_features=8)"}
+    expected = {PLAIN, FUSED, "performer-softmax-random (model.attention.num_features=8)"}
     assert expected <= set(frame.model) and len(frame) == 2 * (len(list_attention()) + 2)
     assert (frame.seconds > 0).all() and (frame.peak_memory_mb > 0).all()
     assert "Shortest length from which each variant beats fused" in out.with_suffix(".md").read_text()

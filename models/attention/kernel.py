@@ -4,7 +4,8 @@ right to left, phi(Q) (phi(K)^T V), in time and memory linear in the length n.
 Two variants share the contraction (`kernel_attention`), the fp32 precision and the key padding:
 - `performer` (Choromanski et al., 2021, FAVOR+): random features of an orthogonal Gaussian
   projection, either positive features whose products estimate the softmax kernel without bias, or
-  the generalised relu kernel; the projection is redrawn every `redraw_every` training steps.
+  the generalised relu kernel; the projection is redrawn every `redraw_every` training steps. The
+  relu kernel can also skip the projection (deterministic features, the configuration LRA timed).
 - `linear` (Katharopoulos et al., 2020): the deterministic feature map elu(x) + 1.
 
 Neither forms attention probabilities, so `config.dropout` has nothing to act on and is ignored
@@ -86,6 +87,11 @@ class PerformerKernel(Choice):
     relu = "relu"  # generalised attention with the kernel relu(w.q) relu(w.k)
 
 
+class PerformerFeatures(Choice):
+    random = "random"  # an orthogonal random projection to num_features, redrawn during training
+    deterministic = "deterministic"  # no projection: the kernel of q and k themselves (relu only; LRA's default)
+
+
 class FeatureNorms(Choice):
     chi = "chi"  # each row rescaled to the norm of an independent Gaussian vector (chi(d)-distributed)
     sqrt_d = "sqrt_d"  # every row rescaled to sqrt(d)
@@ -95,6 +101,7 @@ class FeatureNorms(Choice):
 class PerformerConfig(AttentionConfig):
     name: str = "performer"
     kernel: PerformerKernel = PerformerKernel.softmax
+    features: PerformerFeatures = PerformerFeatures.random
     num_features: int = 256
     feature_norms: FeatureNorms = FeatureNorms.chi
     redraw_every: int = 1000
@@ -146,25 +153,35 @@ def positive_random_features(
     return exponents.sub_(shift).exp_() + SOFTMAX_FEATURE_EPS
 
 
-def relu_random_features(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """relu(w.x) + eps: the generalised-attention features of the Performer paper's relu kernel."""
+def relu_features(x: torch.Tensor, projection: Optional[torch.Tensor]) -> torch.Tensor:
+    """relu(w.x) + eps, the generalised-attention features of the Performer paper's relu kernel, or
+    relu(x) + eps without a projection."""
+    if projection is None:
+        return F.relu(x) + RELU_FEATURE_EPS
     return (x @ projection.transpose(0, 1)).relu_() + RELU_FEATURE_EPS
 
 
 @register_attention(PerformerConfig)
 class PerformerAttention(KernelAttention):
-    """FAVOR+ attention with a projection shared by the heads of a layer, redrawn during training.
+    """Performer attention: random features of a projection shared by the heads of a layer and
+    redrawn during training (FAVOR+), or deterministic relu features.
 
-    State (all in the state_dict, so a resumed run continues identically): `projection`, `seed`
-    (drawn from torch's RNG at construction) and `steps` (optimizer steps seen). The d-th draw uses
-    a generator seeded with seed + d; draw 0 is made at construction.
+    State of random features (all in the state_dict, so a resumed run continues identically):
+    `projection`, `seed` (drawn from torch's RNG at construction) and `steps` (optimizer steps seen).
+    The d-th draw uses a generator seeded with seed + d; draw 0 is made at construction.
+    Deterministic features have no state; num_features, feature_norms and redraw_every go unused.
     """
 
     def __init__(self, config: PerformerConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__()
+        self.kernel = PerformerKernel(config.kernel)
+        self.register_buffer("projection", None)
+        if PerformerFeatures(config.features) is PerformerFeatures.deterministic:
+            check_config(self.kernel is PerformerKernel.relu, "features",
+                         "deterministic needs kernel relu: the softmax kernel is only estimated by random features")
+            return
         check_config(config.num_features >= 1, "num_features", f"must be >= 1, got {config.num_features}")
         check_config(config.redraw_every >= 0, "redraw_every", f"must be >= 0 (0: never), got {config.redraw_every}")
-        self.kernel = PerformerKernel(config.kernel)
         self.norms = FeatureNorms(config.feature_norms)
         self.redraw_every = config.redraw_every
         self.register_buffer("seed", torch.randint(2**62, ()))
@@ -182,7 +199,7 @@ class PerformerAttention(KernelAttention):
 
     def on_train_step(self) -> None:
         """Count an optimizer step; redraw the projection every `redraw_every` of them (never in eval)."""
-        if not self.training:
+        if not self.training or self.projection is None:
             return
         self.steps.add_(1)
         if self.redraw_every and int(self.steps) % self.redraw_every == 0:
@@ -191,9 +208,9 @@ class PerformerAttention(KernelAttention):
     def feature_maps(
         self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        projection = self.projection.to(q.dtype)
+        projection = None if self.projection is None else self.projection.to(q.dtype)
         if self.kernel is PerformerKernel.relu:
-            return relu_random_features(q, projection), relu_random_features(k, projection)
+            return relu_features(q, projection), relu_features(k, projection)
         return (
             positive_random_features(q, projection),
             positive_random_features(k, projection, keys=True, key_padding_mask=key_padding_mask),
