@@ -113,6 +113,7 @@ class TrainerConfig:
 @dataclass
 class HardwareConfig:
     name: str = MISSING
+    paper_scale: bool = False  # whether task sizes are the LRA paper's (gpu) or shrunk (cpu); in every record
     device: Device = Device.cpu
     precision: Precision = Precision.fp32
     compile: bool = False

@@ -101,16 +101,28 @@ class Encoder(nn.Module):
         if self.cls is not None:
             return x[:, 0]
         weights = mask.unsqueeze(-1).to(x.dtype)
-        return (x * weights).sum(1) / weights.sum(1)
+        return (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # an empty document pools to 0, not NaN
 
 
 class Classifier(nn.Module):
-    """Encoder, then LRA's classifier head: dense (mlp_dim), ReLU, dense (num_classes)."""
+    """Encoder, then LRA's classifier head: dense (mlp_dim), ReLU, dense (num_classes).
 
-    def __init__(self, cfg: DictConfig, vocab_size: int, num_classes: int, max_len: int) -> None:
+    With two towers (a matching task: tokens and mask of shape (batch, 2, length)), both
+    sequences go through the same encoder, in one batch, and the head classifies LRA's
+    [u, v, u * v, u - v] of their encodings u and v.
+    """
+
+    def __init__(self, cfg: DictConfig, vocab_size: int, num_classes: int, max_len: int, towers: int = 1) -> None:
         super().__init__()
+        if towers not in (1, 2):
+            raise ValueError(f"towers must be 1 or 2, got {towers}")
+        self.towers = towers
         self.encoder = Encoder(cfg, vocab_size, max_len)
-        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
+        features = cfg.dim if towers == 1 else 4 * cfg.dim
+        self.head = nn.Sequential(nn.Linear(features, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(tokens, mask))
+        if self.towers == 1:
+            return self.head(self.encoder(tokens, mask))
+        u, v = self.encoder(tokens.flatten(0, 1), mask.flatten(0, 1)).unflatten(0, tokens.shape[:2]).unbind(1)
+        return self.head(torch.cat([u, v, u * v, u - v], dim=-1))

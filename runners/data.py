@@ -1,6 +1,7 @@
 """`lra-data`: generate a dataset in the layout of the LRA release, one subcommand per dataset.
 
     lra-data listops --out data/listops-1000 [--train N ...]
+    lra-data pathfinder --out data/pathfinder32 [--resolution 32 --difficulty hard --count N ...]
 
 Bad input ends in one line, `lra-data: error: ...`, and exit code 2.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lra.errors import LRAError
-from tasks import listops
+from tasks import listops, pathfinder_draw
 
 PROG = "lra-data"
 
@@ -62,8 +63,38 @@ def _run_listops(args: argparse.Namespace) -> str:
             f"({args.min_len} < length < {args.max_len}, seed {args.seed}) to {args.out}: {files}")
 
 
+def _add_pathfinder(commands: argparse._SubParsersAction) -> None:
+    """`lra-data pathfinder`: Pathfinder images as LRA drew them, at one resolution and difficulty."""
+    parser = commands.add_parser(
+        "pathfinder", help="Pathfinder (<difficulty folder>/imgs/<batch>/sample_<i>.png, metadata/<batch>.npy)",
+        description="Draw Pathfinder images with LRA's settings (seeded), in the layout of the LRA release.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="directory for the difficulty folder (e.g. curv_contour_length_14)")
+    parser.add_argument("--resolution", type=int, choices=pathfinder_draw.RESOLUTIONS, default=32,
+                        help="image width and height in pixels")
+    parser.add_argument("--difficulty", choices=list(pathfinder_draw.DIFFICULTIES), default="hard",
+                        help="contour length: easy 6, intermediate 9, hard 14 paddles")
+    parser.add_argument("--count", type=int, default=10000, help="images, half of them connected")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    parser.add_argument("--workers", type=int, default=None, help="processes drawing the images (none: one per CPU)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+    parser.set_defaults(run=_run_pathfinder)
+
+
+def _run_pathfinder(args: argparse.Namespace) -> str:
+    """Write the Pathfinder images; return the line that says what was written where."""
+    folder = pathfinder_draw.write_release(args.out, resolution=args.resolution, difficulty=args.difficulty,
+                                           count=args.count, seed=args.seed, workers=args.workers,
+                                           progress=args.progress)
+    return (f"wrote Pathfinder {args.count} {args.resolution}x{args.resolution} {args.difficulty} images "
+            f"({args.count // 2} connected, seed {args.seed}) to {folder}: imgs/, metadata/, "
+            f"{pathfinder_draw.SETTINGS_FILE}")
+
+
 # One function per dataset, each adding its subcommand and setting `run` (args -> summary line).
-_DATASETS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_listops,)
+_DATASETS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_listops, _add_pathfinder)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -212,7 +212,7 @@ def fit(
                 return f"loss became {loss} at step {state.step + 1}"
             trainee.scheduler.step()
             state.step += 1
-            state.tokens += int(batch[1].sum())
+            state.tokens += int(batch[1].sum())  # real tokens, of both documents in a two-tower task
             state.train_seconds += time.perf_counter() - tick
             state.recent_losses = (state.recent_losses + [loss])[-cfg.trainer.log_every :]
             bar.update(1)
@@ -243,7 +243,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = setup_device(cfg.hardware)
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data, progress=cfg.trainer.progress)
-    model = Classifier(cfg.model, data.vocab_size, cfg.task.num_classes, cfg.task.max_len).to(device)
+    model = Classifier(cfg.model, data.vocab_size, cfg.task.num_classes, cfg.task.max_len, data.towers).to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
     trainee = Trainee(
         model=model,

@@ -6,31 +6,61 @@ resumed from a checkpoint at step s sees exactly the batches an uninterrupted ru
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from lra.errors import LRAError
 
 
-class SequenceDataset(Dataset):
-    """Variable-length token-id sequences with one class label each."""
+@dataclass(frozen=True)
+class Ragged:
+    """Sequences stored end to end: sequence i is values[offsets[i]:offsets[i + 1]].
 
-    def __init__(self, sequences: list[torch.Tensor], labels: torch.Tensor) -> None:
-        self.sequences = sequences
+    One flat array (of a small dtype, possibly memory-mapped from the cache) rather than a Python
+    list of tensors: a split of 100k+ sequences then costs its bytes, not 100k+ objects.
+    """
+
+    values: np.ndarray  # token ids
+    offsets: np.ndarray  # int64, one more than there are sequences
+
+    @classmethod
+    def build(cls, sequences: Iterable[np.ndarray], dtype: type = np.uint8) -> Ragged:
+        parts = [np.asarray(seq, dtype=dtype) for seq in sequences]
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(part) for part in parts], out=offsets[1:])
+        return cls(np.concatenate(parts) if parts else np.zeros(0, dtype), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.values[self.offsets[index] : self.offsets[index + 1]].astype(np.int64))
+
+
+class SequenceDataset(Dataset):
+    """Token-id sequences with one class label each; one sequence per tower (a two-tower task,
+    retrieval, has two per example)."""
+
+    def __init__(self, towers: tuple[Ragged, ...], labels: np.ndarray) -> None:
+        if any(len(tower) != len(labels) for tower in towers):
+            raise ValueError(f"towers of {[len(t) for t in towers]} sequences for {len(labels)} labels")
+        self.towers = towers
         self.labels = labels
 
     def __len__(self) -> int:
-        return len(self.sequences)
+        return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.sequences[index], int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        return tuple(tower[index] for tower in self.towers), int(self.labels[index])
 
     def majority_rate(self) -> float:
         """Accuracy of always predicting the most frequent label (the floor a model must beat)."""
-        return float(torch.bincount(self.labels).max()) / len(self.labels)
+        return float(np.bincount(self.labels).max()) / len(self.labels)
 
 
 @dataclass
@@ -42,15 +72,28 @@ class TaskData:
     test: SequenceDataset
     vocab_size: int
 
+    @property
+    def towers(self) -> int:
+        """Sequences per example: 1, or 2 for a two-tower (matching) task."""
+        return len(self.train.towers)
 
-def pad_batch(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence: (tokens, mask with True at real tokens, labels)."""
-    lengths = torch.tensor([len(seq) for seq, _ in items])
-    tokens = torch.zeros(len(items), int(lengths.max()), dtype=torch.long)
-    for row, (seq, _) in enumerate(items):
-        tokens[row, : len(seq)] = seq
-    mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return tokens, mask, torch.tensor([label for _, label in items])
+
+def pad_batch(items: list[tuple[tuple[torch.Tensor, ...], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence: (tokens, mask with True at real tokens, labels).
+
+    tokens and mask are (batch, length) for one tower, (batch, towers, length) for more.
+    """
+    towers = len(items[0][0])
+    lengths = torch.tensor([[len(seq) for seq in seqs] for seqs, _ in items])
+    tokens = torch.zeros(len(items), towers, int(lengths.max()), dtype=torch.long)
+    for row, (seqs, _) in enumerate(items):
+        for tower, seq in enumerate(seqs):
+            tokens[row, tower, : len(seq)] = seq
+    mask = torch.arange(tokens.shape[-1]) < lengths[..., None]
+    labels = torch.tensor([label for _, label in items])
+    if towers == 1:
+        return tokens[:, 0], mask[:, 0], labels
+    return tokens, mask, labels
 
 
 class StepBatches(Sampler[list[int]]):

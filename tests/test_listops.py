@@ -144,32 +144,32 @@ def test_read_split_reads_generated_files_with_crlf_and_lf(release, tmp_path):
     out, _ = release
     path = out / listops.SPLIT_FILES["val"]
     rows = read_rows(path)
-    tokens, labels = listops.read_split(path, max_len=10_000)
-    assert labels.dtype == torch.int64 and labels.tolist() == [label for _, label in rows]
-    for ids, (source, _) in zip(tokens, rows, strict=True):
+    split = listops.read_split(path, max_len=10_000)
+    assert split.labels.tolist() == [label for _, label in rows]
+    for ((ids,), _), (source, _) in zip(split, rows, strict=True):
         assert ids.dtype == torch.int64 and ids.dim() == 1
         assert ids.tolist() == [listops.VOCAB.index(t) for t in source.split() if t not in PARENS]
     lf = tmp_path / "lf.tsv"
     lf.write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
-    lf_tokens, lf_labels = listops.read_split(lf, max_len=10_000)
-    assert torch.equal(lf_labels, labels)
-    assert all(torch.equal(a, b) for a, b in zip(lf_tokens, tokens, strict=True))
+    lf_split = listops.read_split(lf, max_len=10_000)
+    assert lf_split.labels.tolist() == split.labels.tolist()
+    assert all(torch.equal(a, b) for ((a,), _), ((b,), _) in zip(lf_split, split, strict=True))
 
 
 def test_read_split_reads_a_release_style_row(tmp_path):
     path = tmp_path / "basic_test.tsv"
     path.write_bytes(b"Source\tTarget\r\n( ( ( [MAX 2 ) 9 ) ] )\t9\r\n[SM 1 ]\t1\r\n")
-    tokens, labels = listops.read_split(path, max_len=2000)
+    split = listops.read_split(path, max_len=2000)
     assert listops.VOCAB[:3] == ("<pad>", "]", "[MIN")
-    assert [t.tolist() for t in tokens] == [[3, 8, 15, 1], [5, 7, 1]]  # [MAX 2 9 ], [SM 1 ]
-    assert labels.tolist() == [9, 1]
+    assert [t.tolist() for (t,), _ in split] == [[3, 8, 15, 1], [5, 7, 1]]  # [MAX 2 9 ], [SM 1 ]
+    assert split.labels.tolist() == [9, 1]
 
 
 def test_read_split_truncates_to_max_len(tmp_path):
     path = tmp_path / "basic_train.tsv"
     path.write_text("Source\tTarget\n( ( ( [MAX 2 ) 9 ) ] )\t9\n5\t5\n")
-    tokens, _ = listops.read_split(path, max_len=2)
-    assert [t.tolist() for t in tokens] == [[3, 8], [11]]
+    split = listops.read_split(path, max_len=2)
+    assert [t.tolist() for (t,), _ in split] == [[3, 8], [11]]
 
 
 @pytest.mark.parametrize(("body", "line", "what"), [
@@ -242,7 +242,7 @@ def test_cli_writes_the_release(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert stdout.count("\n") == 1 and str(out) in stdout
     assert json.loads((out / listops.SETTINGS_FILE).read_text())["seed"] == 2
-    sizes = [len(listops.read_split(out / name, max_len=60)[1]) for name in FILES]
+    sizes = [len(listops.read_split(out / name, max_len=60)) for name in FILES]
     assert sizes == [30, 5, 5]
 
 

@@ -26,6 +26,17 @@ def test_default_run_learns_well_above_the_majority_class(tmp_path: Path):
     assert metrics["test_accuracy"] > metrics["test_majority_rate"] + 0.15
 
 
+def test_pathfinder_on_the_cpu_profile_generates_its_images_and_trains(tmp_path: Path):
+    result = run_cli(
+        "runners.train", "task=pathfinder", "trainer.progress=false", f"data.root={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = read_records(tmp_path / "run" / "records.jsonl")
+    assert record["status"] == "ok" and record["metrics"]["steps"] == 1000
+    assert len(list((tmp_path / "data" / "pathfinder32" / "curv_contour_length_14" / "metadata").glob("*.npy"))) == 10
+
+
 @pytest.mark.parametrize("name", list_attention())
 def test_compiled_model_trains_like_the_eager_one(tiny_cfg, tmp_path: Path, name):
     eager = train(tiny_cfg(f"model={name}"), tmp_path / "eager")
