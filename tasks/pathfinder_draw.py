@@ -10,9 +10,13 @@ differ only in where the markers sit: same ink, same number of markers, same con
 Drawing follows Linsley's generator (github.com/drewlinsley/pathfinder, snakes2.py): strokes of
 different contours keep two margins apart, as far as consecutive paddles of one contour; turns are
 drawn with density cos^2(continuity * turn); the image is drawn at `antialias_scale` times the
-resolution and box-filtered down. Geometry is vectorised numpy on complex points: all candidate turns of a paddle
-are checked at once against the placed paddles near it, and all strokes are stamped at once, so
-one process draws a 32x32 image in a few milliseconds.
+resolution and box-filtered down. Geometry is vectorised numpy on complex points: all candidate
+turns of a paddle are checked at once against the placed paddles near it, and all strokes are
+stamped at once, so one process draws a 32x32 image in a few milliseconds.
+
+Unlike Linsley's generator (which retried whole contours), a contour that runs into a dead end
+takes back its newest paddle and redraws it, and the conditions on the markers (seed_distance
+apart, clear of the other contour) are imposed while drawing rather than checked afterwards.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ SETTINGS: dict[int, Settings] = {
 _TURN_STRATA = 32
 _SEED_CANDIDATES = 16
 _DISTRACTOR_TRIES = 5  # Linsley's max_distractor_contour_retrial = 4, plus the first try
+_SECOND_TRIES = 3  # second contours tried beside one first contour before both are redrawn
 _MAIN_TRIES = 2000  # attempts at the two main contours before giving up (never reached in practice)
 _LABEL_STREAM = 1  # spawn key of the label order's generator, apart from every image's [seed, j]
 
@@ -146,18 +151,17 @@ class _Sketch:
     def fits(self, points: np.ndarray, joint: complex | None = None) -> np.ndarray:
         """Which candidate paddles (rows of points along them) fit. Given the joint they leave
         from, they continue the newest kept paddle, whose points are left out."""
-        if joint is None or max(abs(joint.real - self.middle), abs(joint.imag - self.middle)) > self.interior:
-            fit = np.all((points.real >= self.low) & (points.real <= self.high)
-                         & (points.imag >= self.low) & (points.imag <= self.high), axis=1)
-        else:
-            fit = np.ones(len(points), dtype=bool)
         kept, reach = self.points[:self.kept], self.reach[:self.kept]
         if joint is not None:
             near = np.abs(kept - joint) < self.local
             near[self.kept - len(self.along):] = False  # the paddle continued
             kept, reach = kept[near], reach[near]
         clear = np.abs(points.reshape(-1, 1) - kept) > reach  # (K * P, N)
-        return fit & clear.reshape(len(points), points.shape[1] * len(kept)).all(axis=1)
+        fit = clear.reshape(len(points), points.shape[1] * len(kept)).all(axis=1)
+        if joint is None or max(abs(joint.real - self.middle), abs(joint.imag - self.middle)) > self.interior:
+            fit &= np.all((points.real >= self.low) & (points.real <= self.high)
+                          & (points.imag >= self.low) & (points.imag <= self.high), axis=1)
+        return fit
 
     def keep(self, points: np.ndarray) -> None:
         """Place the paddle along points."""
@@ -268,7 +272,7 @@ def _main_pair(sketch: _Sketch, contour_length: int) -> tuple[_Contour, _Contour
     seed_distance from it. Markers go on a first end and a last end, of one contour or of both, so
     all four such pairs are kept seed_distance apart; and no marker may touch the other contour
     (which would join the two): paddles keep off the first contour's end discs, and the second
-    contour's ends keep off the first contour.
+    contour's ends keep off the first contour. A first contour gets _SECOND_TRIES second ones.
     """
     settings, rng = sketch.settings, sketch.rng
     apart = settings.seed_distance
@@ -284,18 +288,25 @@ def _main_pair(sketch: _Sketch, contour_length: int) -> tuple[_Contour, _Contour
     if first.grow(contour_length, 2 * contour_length, lambda ends: far(ends, first.first_end)):
         sketch.keep_marker(first.first_end)
         sketch.keep_marker(first.last_end)
-        body = first.segments()
-        away, theta = rng.uniform(-np.pi, np.pi, size=(2, _SEED_CANDIDATES))
-        seeds = first.first_end + apart * np.exp(1j * away)
-        ok = far(seeds, first.last_end) & (_distances(seeds, body) >= touch)
-        start = _first_fit(sketch, seeds[ok], theta[ok])
-        if start is not None:
+        body, paddles, kept = first.segments(), len(sketch.segments), sketch.kept
+
+        def off_first(points: np.ndarray) -> np.ndarray:
+            return _distances(points, body) >= touch
+
+        for _ in range(_SECOND_TRIES):
+            away, theta = rng.uniform(-np.pi, np.pi, size=(2, _SEED_CANDIDATES))
+            seeds = first.first_end + apart * np.exp(1j * away)
+            ok = far(seeds, first.last_end) & off_first(seeds)
+            start = _first_fit(sketch, seeds[ok], theta[ok])
+            if start is None:
+                continue
             second = _Contour(sketch, *start)
             if second.grow(contour_length, 2 * contour_length,
-                           lambda ends: far(ends, first.first_end, second.first_end) & (_distances(ends, body) >= touch)):
+                           lambda ends: far(ends, first.first_end, second.first_end) & off_first(ends)):
                 sketch.keep_marker(second.first_end)
                 sketch.keep_marker(second.last_end)
                 return first, second
+            sketch.forget(paddles, kept)
     sketch.forget(0, 0)
     return None
 
