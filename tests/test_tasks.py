@@ -3,6 +3,7 @@ makes of them, the cache, bad input, and a few training steps of each through lr
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_image_pixels_are_the_grayscale_luma_row_by_row_and_split_as_lra(tmp_pat
     data = image.load(task_config("image", tmp_path), tmp_path, generate=True, progress=False)
     assert (len(data.train), len(data.val), len(data.test)) == (36, 4, 20)
     table = pd.read_parquet(tmp_path / "cifar10" / "plain_text" / "train-00000-of-00001.parquet")
-    rgb = np.asarray(Image.open(__import__("io").BytesIO(table["img"][37]["bytes"]))).astype(float)
+    rgb = np.asarray(Image.open(io.BytesIO(table["img"][37]["bytes"]))).astype(float)
     luma = np.floor(rgb @ np.array([0.299, 0.587, 0.114]) + 0.5).reshape(-1)
     (pixels,), label = data.val[1]
     assert pixels.shape == (1024,) and label == 37 % 10
