@@ -7,10 +7,13 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 BIN           := $(VENV)/bin
 STAMP         := $(VENV)/.installed-$(TORCH_VERSION)
-RUNS          ?= results/runs/default
+STUDY         ?= results/runs/default
+# The default study's training budget: every variant gets the same steps, jobs run side by side.
+STUDY_STEPS   ?= 200
+JOBS          ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 
 .DEFAULT_GOAL := help
-.PHONY: help install run speedup test test-slow clean
+.PHONY: help install run test test-slow clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,13 +27,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv: pinned torch first, then this project (editable) and its tools
 
-run: install ## train the default CPU benchmark (full attention, sdpa and math, on ListOps) and write results/
-	$(BIN)/lra-train -m model.attention.impl=sdpa,math trainer.progress=false hydra.sweep.dir=$(RUNS)
-	$(BIN)/lra-report runs=$(RUNS) out=results
-
-speedup: install ## time every attention variant against full attention at 512-4096 tokens (results/speedup_cpu.md)
-	$(BIN)/python -m runners.speedup --extra "model=performer model.attention.num_features=64" \
-		"model=performer model.attention.kernel=relu model.attention.features=deterministic"
+run: install ## the default CPU study: every variant trained on ListOps and Pathfinder, benched at 1K-4K; report in results/
+	rm -rf $(STUDY)
+	$(BIN)/lra-train -m 'model=glob(*,exclude=full_math)' task=listops,pathfinder trainer.max_steps=$(STUDY_STEPS) \
+		trainer.eval_every=$(STUDY_STEPS) trainer.checkpoint_every=$(STUDY_STEPS) trainer.progress=false \
+		hardware.threads=1 hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
+		hydra.callbacks.report.enabled=false hydra.sweep.dir=$(STUDY)/train
+	$(BIN)/lra-bench -m 'model=glob(*)' bench.min_run_time=0.5 bench.progress=false \
+		hydra.callbacks.report.enabled=false hydra.sweep.dir=$(STUDY)/bench
+	$(BIN)/lra-report runs=$(STUDY) out=results reference=lra_paper
 
 test: install ## run the fast test suite
 	$(BIN)/pytest -m "not slow"
@@ -39,5 +44,5 @@ test-slow: install ## run the slow tests (the default run end to end, torch.comp
 	$(BIN)/pytest -m slow
 
 clean: ## remove the venv, caches and run outputs (keeps data/ and the committed results)
-	rm -rf $(VENV) .pytest_cache outputs multirun $(RUNS) *.egg-info
+	rm -rf $(VENV) .pytest_cache outputs multirun $(STUDY) *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -45,6 +45,11 @@ class Device(Choice):
     cuda = "cuda"
 
 
+class BenchMode(Choice):
+    train = "train"  # one training step: forward, backward, optimizer
+    infer = "infer"  # one forward pass without gradients
+
+
 class Schedule(Choice):
     constant = "constant"  # warm-up, then constant
     cosine = "cosine"  # warm-up, then cosine decay to zero at max_steps
@@ -74,7 +79,13 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """Fields every task has; each task subclasses this (tasks/)."""
+    """Fields every task has; each task subclasses this (tasks/).
+
+    The class-level facts say what the model embeds without loading any data (the bench needs them).
+    """
+
+    vocab_size: ClassVar[int]  # token ids are 0 .. vocab_size - 1
+    towers: ClassVar[int] = 1  # sequences per example: 2 for a matching (two-tower) task
 
     name: str = MISSING
     num_classes: int = MISSING
@@ -119,6 +130,7 @@ class HardwareConfig:
     compile: bool = False
     threads: int = 0
     num_workers: int = 0
+    bench_batch_size: int = 32
 
 
 @dataclass
@@ -133,10 +145,31 @@ class TrainConfig:
 
 
 @dataclass
+class BenchSettings:
+    seq_lens: list[int] = MISSING
+    modes: list[BenchMode] = MISSING
+    batch_size: int = MISSING
+    min_run_time: float = MISSING
+    cpu_memory_cap_mb: Optional[float] = None
+    find_max_batch: bool = False
+    max_batch: int = MISSING
+    progress: bool = True
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    """lra-bench composes what lra-train does (model, task, hardware) and adds its own settings."""
+
+    bench: BenchSettings = field(default_factory=BenchSettings)
+
+
+@dataclass
 class ReportConfig:
     runs: str = MISSING
     out: str = MISSING
+    reference: Optional[str] = None
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 ConfigStore.instance().store(name="report_schema", node=ReportConfig)

@@ -23,7 +23,8 @@ SCHEMA = 1
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # Keys that change how a run is shown, not what it computes; left out of the config hash.
-NOT_HASHED = ("trainer.progress", "trainer.log_every", "hardware.num_workers")
+NOT_HASHED = ("trainer.progress", "trainer.log_every", "hardware.num_workers", "hardware.bench_batch_size",
+              "bench.progress")
 
 
 def atomic_write(path: Path, write: Any, mode: str = "w") -> None:

@@ -85,21 +85,24 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`mask`: True at real tokens; None when none is padding."""
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's max_len {self.max_len}")
         x = self.embed(tokens)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
-            mask = torch.cat([mask.new_ones(len(mask), 1), mask], dim=1)
+            mask = None if mask is None else torch.cat([mask.new_ones(len(mask), 1), mask], dim=1)
         x = self.dropout(x + self.positions[: x.shape[1]])
         # No mask when nothing is padded: CUDA's fastest fused kernels take no explicit mask.
-        key_padding_mask = None if bool(mask.all()) else mask
+        key_padding_mask = None if mask is None or bool(mask.all()) else mask
         for block in self.blocks:
             x = block(x, key_padding_mask)
         x = self.norm(x)
         if self.cls is not None:
             return x[:, 0]
+        if mask is None:
+            return x.mean(1)
         weights = mask.unsqueeze(-1).to(x.dtype)
         return (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # an empty document pools to 0, not NaN
 
@@ -121,8 +124,9 @@ class Classifier(nn.Module):
         features = cfg.dim if towers == 1 else 4 * cfg.dim
         self.head = nn.Sequential(nn.Linear(features, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.towers == 1:
             return self.head(self.encoder(tokens, mask))
-        u, v = self.encoder(tokens.flatten(0, 1), mask.flatten(0, 1)).unflatten(0, tokens.shape[:2]).unbind(1)
+        mask = None if mask is None else mask.flatten(0, 1)
+        u, v = self.encoder(tokens.flatten(0, 1), mask).unflatten(0, tokens.shape[:2]).unbind(1)
         return self.head(torch.cat([u, v, u * v, u - v], dim=-1))

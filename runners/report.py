@@ -1,6 +1,6 @@
-"""lra-report: leaderboards from every records.jsonl under `runs`, written to `out`.
+"""lra-report: leaderboards (md, html, csv) and plots from every records.jsonl under `runs`, written to `out`.
 
-    lra-report runs=results/runs out=results
+    lra-report runs=results/runs out=results [reference=lra_paper]
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ PROG = "lra-report"
 @hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with reported(PROG):
-        records = load_records(Path(cfg.runs))
-        paths = write_report(records, Path(cfg.out))
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+        paths = write_report(load_records(Path(cfg.runs)), Path(cfg.out), cfg.reference)
+    print(paths["leaderboard.md"].read_text())
+    print(f"wrote {len(paths)} files under {cfg.out}: " + ", ".join(paths))
 
 
 def cli() -> None:

@@ -39,7 +39,7 @@ from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record, resolved, write_records
 from models.attention import Attention
 from models.encoder import Classifier, check_model_config
-from tasks import load_task
+from tasks import load_task, task_config
 from tasks.batching import SequenceDataset, StepBatches, TaskData, pad_batch
 
 PROG = "lra-train"
@@ -243,7 +243,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = setup_device(cfg.hardware)
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data, progress=cfg.trainer.progress)
-    model = Classifier(cfg.model, data.vocab_size, cfg.task.num_classes, cfg.task.max_len, data.towers).to(device)
+    task = task_config(cfg.task)
+    model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len, task.towers).to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
     trainee = Trainee(
         model=model,

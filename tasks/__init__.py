@@ -6,13 +6,16 @@ config dataclass (a subclass of lra.config.TaskConfig).
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import pkgutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from lra.config import TaskConfig
 from lra.registry import Registry
 from tasks.batching import TaskData
 
@@ -21,10 +24,29 @@ register_task = TASKS.register
 
 
 def load_task(task: DictConfig, data: DictConfig, progress: bool = True) -> TaskData:
-    """Load (generating first, where the task can and data.generate allows) the configured task."""
-    config = OmegaConf.to_object(task)
+    """Load (generating first, where the task can and data.generate allows) the configured task.
+
+    Jobs of a parallel sweep load one at a time, so that one generates and caches while the others
+    wait and then read what it wrote.
+    """
+    config = task_config(task)
     loader, _ = TASKS.get(config.name)
-    return loader(config, Path(data.root), generate=data.generate, progress=progress)
+    with exclusive(Path(data.root)):
+        return loader(config, Path(data.root), generate=data.generate, progress=progress)
+
+
+@contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """Hold the lock of the data directory `root` (an advisory lock on root/.lock) inside the block."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def task_config(task: DictConfig) -> TaskConfig:
+    """The task's config as its dataclass, whose class-level facts (vocab_size, towers) need no data."""
+    return OmegaConf.to_object(task)
 
 
 for _module in pkgutil.iter_modules(__path__):

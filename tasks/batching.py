@@ -65,12 +65,11 @@ class SequenceDataset(Dataset):
 
 @dataclass
 class TaskData:
-    """The three splits of a task and the vocabulary size its model embeds."""
+    """The three splits of a task."""
 
     train: SequenceDataset
     val: SequenceDataset
     test: SequenceDataset
-    vocab_size: int
 
     @property
     def towers(self) -> int:

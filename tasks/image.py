@@ -30,6 +30,8 @@ SIDE = 32
 
 @dataclass
 class ImageConfig(TaskConfig):
+    vocab_size = PIXEL_VALUES
+
     name: str = "image"
     num_classes: int = 10
     max_len: int = SIDE * SIDE
@@ -90,4 +92,4 @@ def load(config: ImageConfig, root: Path, generate: bool, progress: bool) -> Tas
         return {"train": train, "val": val, "test": read_images(files["test"], config.num_classes, progress)}
 
     splits = cached_splits(root, "image", key, build)
-    return TaskData(**splits, vocab_size=PIXEL_VALUES)
+    return TaskData(**splits)

@@ -330,6 +330,8 @@ def read_split(path: Path, max_len: int) -> SequenceDataset:
 
 @dataclass
 class ListOpsConfig(TaskConfig):
+    vocab_size = len(VOCAB)
+
     name: str = "listops"
     num_classes: int = 10
     max_len: int = 2000
@@ -355,4 +357,4 @@ def load(config: ListOpsConfig, root: Path, generate: bool, progress: bool) -> T
     key = {"max_len": config.max_len, "files": fingerprint(files)}
     splits = cached_splits(root, "listops", key,
                            lambda: {split: read_split(path, config.max_len) for split, path in zip(SPLITS, files)})
-    return TaskData(**splits, vocab_size=len(VOCAB))
+    return TaskData(**splits)

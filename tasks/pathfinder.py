@@ -49,6 +49,8 @@ class PathfinderGenerate:
 
 @dataclass
 class PathfinderConfig(TaskConfig):
+    vocab_size = PIXEL_VALUES
+
     name: str = "pathfinder"
     num_classes: int = 2
     max_len: int = 32 * 32  # resolution^2 pixel tokens
@@ -153,7 +155,7 @@ def load(config: PathfinderConfig, root: Path, generate: bool, progress: bool) -
         raise LRAError(f"{folder / 'metadata'}: no metadata/<batch>.npy files")
     key = {"resolution": config.resolution, "metadata": fingerprint(metadata)}
     splits = cached_splits(root, config.name, key, lambda: read_images(metadata, config.resolution, progress))
-    return TaskData(**splits, vocab_size=PIXEL_VALUES)
+    return TaskData(**splits)
 
 
 register_task(PathfinderConfig)(load)

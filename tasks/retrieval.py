@@ -28,6 +28,9 @@ COLUMNS = ("label", "id1", "id2", "text1", "text2")
 
 @dataclass
 class RetrievalConfig(TaskConfig):
+    vocab_size = BYTES
+    towers = 2
+
     name: str = "retrieval"
     num_classes: int = 2
     max_len: int = 4000  # bytes per document
@@ -88,4 +91,4 @@ def load(config: RetrievalConfig, root: Path, generate: bool, progress: bool) ->
     splits = cached_splits(root, "retrieval", key, lambda: {
         split: read_pairs(path, config.num_classes, config.max_len, progress) for split, path in files.items()
     })
-    return TaskData(**splits, vocab_size=BYTES)
+    return TaskData(**splits)

@@ -24,6 +24,8 @@ BYTES = 256  # the vocabulary: one token per byte value
 
 @dataclass
 class TextConfig(TaskConfig):
+    vocab_size = BYTES
+
     name: str = "text"
     num_classes: int = 2
     max_len: int = 4000
@@ -57,4 +59,4 @@ def load(config: TextConfig, root: Path, generate: bool, progress: bool) -> Task
     splits = cached_splits(root, "text", key, lambda: {
         split: read_texts(paths, config.num_classes, config.max_len, progress) for split, paths in files.items()
     })
-    return TaskData(train=splits["train"], val=splits["test"], test=splits["test"], vocab_size=BYTES)
+    return TaskData(train=splits["train"], val=splits["test"], test=splits["test"])

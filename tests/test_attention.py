@@ -155,4 +155,4 @@ def test_peak_memory_grows_linearly_with_length(name):
 def test_every_variant_has_a_config_and_a_readme_row():
     yamls = {path.stem for path in (REPO / "conf" / "model").glob("*.yaml")}
     rows = set(re.findall(r"^\| [\w-]+ \| `(\w+)` \|", (REPO / "README.md").read_text(), flags=re.M))
-    assert yamls == rows == set(VARIANTS)
+    assert rows == set(VARIANTS) <= yamls  # more files are rows of a registered variant (full_math)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 from lra.errors import LRAError
 from lra.records import read_records
 from models.encoder import Classifier
-from tasks import image, pathfinder, retrieval, text
+from tasks import exclusive, image, load_task, pathfinder, retrieval, text
 from tasks.cache import CACHE_DIR
 from tests.conftest import REPO, compose_config, run_cli
 from tests.task_fixtures import REVIEWS, png_bytes, write_aan, write_cifar, write_imdb, write_pathfinder_tree
@@ -93,8 +94,9 @@ def test_missing_text_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_text_is_utf8_bytes_truncated_and_validated_on_test(suffix, tmp_path: Path):
     write_imdb(tmp_path / "imdb", rows=10, suffix=suffix)
-    data = text.load(task_config("text", tmp_path, "task.max_len=12"), tmp_path, generate=True, progress=False)
-    assert data.vocab_size == 256 and data.towers == 1 and len(data.train) == 10
+    config = task_config("text", tmp_path, "task.max_len=12")
+    data = text.load(config, tmp_path, generate=True, progress=False)
+    assert config.vocab_size == 256 and config.towers == data.towers == 1 and len(data.train) == 10
     (tokens,), label = data.train[1]
     assert bytes(tokens.tolist()) == (REVIEWS[1] + " #1").encode("utf-8")[:12] and label == 1
     (empty,), _ = data.train[3]
@@ -176,9 +178,9 @@ def test_bad_images_and_labels_name_the_row(problem, expected, tmp_path: Path):
 
 def test_retrieval_reads_both_documents_of_each_pair(tmp_path: Path):
     write_aan(tmp_path / "tsv_data", rows=6)
-    data = retrieval.load(task_config("retrieval", tmp_path, "task.max_len=20"), tmp_path, generate=True,
-                          progress=False)
-    assert data.towers == 2 and [len(data.train), len(data.val), len(data.test)] == [6, 6, 6]
+    config = task_config("retrieval", tmp_path, "task.max_len=20")
+    data = retrieval.load(config, tmp_path, generate=True, progress=False)
+    assert config.towers == data.towers == 2 and [len(data.train), len(data.val), len(data.test)] == [6, 6, 6]
     (left, right), label = data.train[5]
     assert bytes(left.tolist()) == "paper 5 on parsing é".encode()[:20] and label == 1
     assert bytes(right.tolist()) == b"paper 5 cites xxxxx"
@@ -260,3 +262,19 @@ def test_generated_pathfinder_is_read_back_and_other_settings_are_refused(tmp_pa
     with pytest.raises(LRAError, match=r"generator.json: data generated with other settings: count=30"):
         pathfinder.load(task_config("pathfinder", tmp_path, "task.generate.count=40", "task.difficulty=easy"),
                         tmp_path, generate=True, progress=False)
+
+
+# --- parallel jobs -----------------------------------------------------------------------------
+
+
+def test_a_load_waits_while_another_job_holds_the_data_directory(tiny_cfg):
+    cfg = tiny_cfg()
+    root = Path(cfg.data.root)
+    loaded = []
+    loader = threading.Thread(target=lambda: loaded.append(load_task(cfg.task, cfg.data, progress=False)))
+    with exclusive(root):
+        loader.start()
+        loader.join(timeout=1.0)
+        assert loader.is_alive() and not (root / cfg.task.dir).exists()  # waiting, generated nothing yet
+    loader.join(timeout=60)
+    assert len(loaded) == 1 and len(loaded[0].train) == cfg.task.generate.train

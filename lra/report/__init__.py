@@ -1,0 +1,26 @@
+"""The report: leaderboards (Markdown, HTML, CSV) and plots from run records.
+
+Reads records only (pandas, matplotlib); never imports the models, tasks or runners.
+
+    records = load_records(Path("results/runs"))
+    write_report(records, Path("results"), reference="lra_paper")   # every file at once
+    summary = summarise(records, reference="lra_paper")             # or piece by piece
+    accuracy_tables(summary.accuracy); efficiency_tables(summary.efficiency, group); ...
+"""
+
+from lra.report.accuracy import accuracy_tables
+from lra.report.cells import FUSED, PLAIN, Group, groups
+from lra.report.crossover import crossover_table
+from lra.report.efficiency import efficiency_tables
+from lra.report.load import load_records
+from lra.report.plots import bubble_plot, scaling_plot
+from lra.report.reference import known_references, load_reference
+from lra.report.render import write_report
+from lra.report.summary import Summary, summarise
+from lra.report.table import Table
+
+__all__ = [
+    "FUSED", "PLAIN", "Group", "Summary", "Table", "accuracy_tables", "bubble_plot", "crossover_table",
+    "efficiency_tables", "groups", "known_references", "load_records", "load_reference", "scaling_plot",
+    "summarise", "write_report",
+]

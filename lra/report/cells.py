@@ -1,0 +1,80 @@
+"""Records into cells: the names, orderings and aggregation every table and plot shares.
+
+A cell is one entry of a table (a model on a task, or at a length) aggregated over its records:
+the mean of each figure over the records that succeeded, how many did (`n`) and did not
+(`failed`), and a status: "ok" when any succeeded, else the commonest failure.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple
+
+import pandas as pd
+
+# The two forms of full attention: the plain one is the LRA paper's baseline, the fused one the
+# fastest exact attention torch offers. Every other model name comes from the records.
+PLAIN, FUSED = "full-math", "full-sdpa"
+BASELINES = {"plain": PLAIN, "fused": FUSED}
+OURS = "ours"  # the `source` of cells measured here, as opposed to published reference figures
+TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")  # LRA's column order
+GROUP = ["hardware", "task", "mode", "batch_size"]  # what one efficiency table holds fixed
+
+
+class Group(NamedTuple):
+    """The conditions of one efficiency table: its rows are models, its columns lengths."""
+
+    hardware: str
+    task: str
+    mode: str
+    batch_size: int
+
+    @property
+    def title(self) -> str:
+        return f"{self.task}, {self.mode} steps, batch {self.batch_size}, hardware {self.hardware}"
+
+    def select(self, cells: pd.DataFrame) -> pd.DataFrame:
+        """The rows of `cells` measured under these conditions."""
+        return cells[(cells[GROUP] == pd.Series(self._asdict())).all(axis=1)]
+
+
+def groups(cells: pd.DataFrame) -> list[Group]:
+    """The efficiency groups present in `cells`, in order of appearance."""
+    return [Group(*keys) for keys in cells[GROUP].drop_duplicates().itertuples(index=False)]
+
+
+def ordered_tasks(tasks: Iterable[str]) -> list[str]:
+    """LRA's task order, then any other task alphabetically."""
+    tasks = set(tasks)
+    return [t for t in TASKS if t in tasks] + sorted(tasks - set(TASKS))
+
+
+def model_key(model: str) -> tuple[int, str]:
+    """Sort key of our models: the two baselines first, then the others alphabetically."""
+    baselines = list(BASELINES.values())
+    return (baselines.index(model), "") if model in baselines else (len(baselines), model)
+
+
+def _joined(values: pd.Series) -> str:
+    return ", ".join(sorted(values.dropna().astype(str).unique()))
+
+
+def aggregate(records: pd.DataFrame, keys: list[str], figures: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """One cell per distinct `keys`: n, failed, status, and each named figure aggregated over the
+    ok records (pandas named aggregation, "joined" for text); metric columns lose their prefix."""
+    flat = records.rename(columns=lambda column: column.removeprefix("metrics."))
+    flat = flat.reindex(columns=list(dict.fromkeys([*keys, "status", *(source for source, _ in figures.values())])))
+    ok = flat["status"].eq("ok")
+    counts = flat.assign(ok=ok).groupby(keys, sort=False, dropna=False).agg(
+        n=("ok", "sum"),
+        failed=("ok", lambda s: int((~s).sum())),
+        status=("status", lambda s: "ok" if s.eq("ok").any() else s.mode().iloc[0]),
+    )
+    named = {name: (source, _joined if how == "joined" else how) for name, (source, how) in figures.items()}
+    values = flat[ok].groupby(keys, sort=False, dropna=False).agg(**named)
+    return counts.join(values).reset_index()
+
+
+def sort_models(cells: pd.DataFrame) -> pd.DataFrame:
+    """`cells` with our models in table order (see `model_key`), stable otherwise."""
+    order = sorted(cells["model"].unique(), key=model_key)
+    return cells.sort_values("model", key=lambda models: models.map(order.index), kind="stable")

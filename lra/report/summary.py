@@ -1,0 +1,43 @@
+"""Every aggregated cell behind the report: accuracy, efficiency and crossover, and their tidy form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from lra.report.accuracy import accuracy_cells
+from lra.report.crossover import crossover_cells, crossover_tidy
+from lra.report.efficiency import efficiency_cells, efficiency_tidy
+from lra.report.reference import load_reference
+
+# leaderboard.csv: one row per figure of a cell, blank where a column does not apply.
+TIDY = ["table", "source", "hardware", "task", "mode", "batch_size", "model", "seq_len", "metric", "value",
+        "std", "n", "failed", "status", "note"]
+INTEGERS = ["batch_size", "seq_len", "n", "failed"]
+
+
+@dataclass
+class Summary:
+    """The cells of the three kinds of table (see accuracy.py, efficiency.py, crossover.py)."""
+
+    accuracy: pd.DataFrame
+    efficiency: pd.DataFrame
+    crossover: pd.DataFrame
+
+    def tidy(self) -> pd.DataFrame:
+        """All cells in one long table, one figure per row, for pandas users."""
+        parts = [
+            self.accuracy.assign(table="accuracy", metric="test_accuracy_pct"),
+            efficiency_tidy(self.efficiency),
+            crossover_tidy(self.crossover),
+        ]
+        tidy = pd.concat([part.reindex(columns=TIDY) for part in parts], ignore_index=True)
+        return tidy.astype({column: "Int64" for column in INTEGERS})
+
+
+def summarise(records: pd.DataFrame, reference: str | None = None) -> Summary:
+    """The cells of `records` (from load_records), with the published rows of `reference` if named."""
+    published = load_reference(reference) if reference else None
+    efficiency = efficiency_cells(records, published)
+    return Summary(accuracy_cells(records, published), efficiency, crossover_cells(efficiency))

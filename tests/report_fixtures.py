@@ -1,0 +1,59 @@
+"""Hand-made run records in the DESIGN.md schema, for the report and notebook tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def record(kind: str, model: str, task: str, status: str, metrics: dict, **fields) -> dict:
+    """One record; `fields` override the top-level defaults (hardware cpu, seed 0, batch 32)."""
+    return {
+        "schema": 1, "kind": kind, "model": model, "task": task, "hardware": "cpu", "seed": 0, "seq_len": 128,
+        "batch_size": 32, "status": status, "error": None if status == "ok" else "boom", "metrics": metrics,
+        "config": {"model": {"dim": 8}}, "config_hash": "0" * 16, "env": {"device": "cpu"}, "wall_s": 1.0, **fields,
+    }
+
+
+def train(model: str, task: str, accuracy: float | None, seed: int = 0, status: str = "ok", **fields) -> dict:
+    """A training run; accuracy None for a run that did not finish (status diverged unless given)."""
+    if accuracy is None:
+        return record("train", model, task, "diverged" if status == "ok" else status, {"steps": 5}, seed=seed, **fields)
+    majority = 0.14 if task == "listops" else 0.5
+    metrics = {"test_accuracy": accuracy, "val_accuracy": accuracy, "test_majority_rate": majority,
+               "steps": 10, "steps_per_s": 5.0, "tokens_per_s": 640.0, "peak_memory_mb": 3.0,
+               "memory_measure": "live_tensor_bytes"}
+    return record("train", model, task, status, metrics, seed=seed, **fields)
+
+
+def bench(model: str, seq_len: int, steps: float | None = None, memory: float | None = None, status: str = "ok",
+          mode: str = "train", task: str = "text", **metrics) -> dict:
+    """One bench measurement; a non-ok one carries only its mode, as lra-bench writes it."""
+    if status != "ok":
+        return record("bench", model, task, status, {"mode": mode}, seq_len=seq_len)
+    figures = {"mode": mode, "steps_per_s": steps, "tokens_per_s": steps * 32 * seq_len, "peak_memory_mb": memory,
+               "memory_measure": "live_tensor_bytes", **metrics}
+    return record("bench", model, task, status, figures, seq_len=seq_len)
+
+
+def write(directory: Path, *records: dict) -> Path:
+    """Write `records` as directory/records.jsonl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return directory
+
+
+def sample_runs(runs: Path) -> Path:
+    """A small sweep of each kind: three models trained on two tasks, and a bench of four models at
+    three lengths in which plain full attention runs out of memory at the longest."""
+    write(runs / "train" / "a", train("full-math", "listops", 0.40), train("full-math", "text", 0.60))
+    write(runs / "train" / "b", train("full-sdpa", "listops", 0.41), train("full-sdpa", "text", 0.62))
+    write(runs / "train" / "c", train("linformer", "listops", 0.30), train("linformer", "text", 0.55))
+    write(runs / "bench", *[
+        bench(model, length, steps=speed / length, memory=length * size, matmul_tflops=0.5,
+              **({"tflops": 0.1} if model.startswith("full") else {}))
+        for model, speed, size in [("full-math", 4e3, 1.0), ("full-sdpa", 8e3, 0.5), ("linformer", 6e3, 0.2),
+                                   ("local", 9e3, 0.3)]
+        for length in (1024, 2048, 4096) if not (model == "full-math" and length == 4096)
+    ], bench("full-math", 4096, status="oom"))
+    return runs
