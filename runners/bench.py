@@ -145,16 +145,26 @@ def one_line(message: str) -> str:
     return " ".join(message.split())[:300]
 
 
-def measure(cfg: DictConfig, length: int, mode: BenchMode) -> Outcome:
-    """One measurement at `length` in `mode`, in this process; running out of memory is its result."""
-    device = setup_device(cfg.hardware)
+def out_of_memory(fn: Callable[[], Any], device: torch.device) -> str | None:
+    """Run `fn`: None if it ran, its one-line error if it ran out of memory (other errors propagate).
+    The memory is freed once the error, and the frames it holds, are gone."""
     try:
-        return Outcome("ok", measured(cfg, length, mode, device))
+        fn()
+        return None
     except Exception as error:
         if not is_out_of_memory(error):
             raise
-        free_memory(device)
-        return Outcome("oom", {"mode": mode.value}, one_line(str(error)))
+        message = one_line(str(error))
+    free_memory(device)
+    return message
+
+
+def measure(cfg: DictConfig, length: int, mode: BenchMode) -> Outcome:
+    """One measurement at `length` in `mode`, in this process; running out of memory is its result."""
+    device = setup_device(cfg.hardware)
+    metrics = {"mode": mode.value}
+    error = out_of_memory(lambda: metrics.update(measured(cfg, length, mode, device)), device)
+    return Outcome("ok", metrics) if error is None else Outcome("oom", {"mode": mode.value}, error)
 
 
 def measured(cfg: DictConfig, length: int, mode: BenchMode, device: torch.device) -> dict[str, Any]:
@@ -187,15 +197,12 @@ def measured(cfg: DictConfig, length: int, mode: BenchMode, device: torch.device
 
 def fits(step: Callable[[tuple], Any], batch: tuple, device: torch.device, cap: int | None) -> bool:
     """Whether one step on `batch` runs without running out of memory."""
-    try:
+
+    def capped_step() -> None:
         with peak_memory(device, cap):
             step(batch)
-        return True
-    except Exception as error:
-        if not is_out_of_memory(error):
-            raise
-        free_memory(device)
-        return False
+
+    return out_of_memory(capped_step, device) is None
 
 
 def measure_in_worker(cfg: DictConfig, length: int, mode: BenchMode) -> Outcome:
