@@ -5,6 +5,7 @@ Every job writes `records.jsonl` in its output directory, atomically, one JSON o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lra.config import CONF_DIR
+from lra.errors import LRAError
 
 SCHEMA = 1
 RECORDS_FILE = "records.jsonl"
@@ -59,6 +61,7 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.cache  # once per process: a bench job writes a record per measurement
 def git_sha() -> str | None:
     """The checkout's commit, when lra-bench runs from a git checkout."""
     try:
@@ -124,5 +127,13 @@ def write_records(run_dir: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of one records.jsonl file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of one records.jsonl file; LRAError names the line that is not JSON."""
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise LRAError(f"{path}:{lineno}: not a JSON record ({error.msg})") from error
+    return records

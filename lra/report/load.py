@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from lra.errors import LRAError
-from lra.records import RECORDS_FILE
+from lra.records import RECORDS_FILE, read_records
 
 # Fields the report reads from every record (DESIGN.md, "Run records").
 REQUIRED = ("kind", "model", "task", "hardware", "seed", "seq_len", "batch_size", "status", "metrics")
@@ -18,16 +17,10 @@ def load_records(runs: Path) -> pd.DataFrame:
     """Every record under `runs`, one row each, metrics flattened to `metrics.<name>` columns."""
     rows = []
     for path in sorted(Path(runs).rglob(RECORDS_FILE)):
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise LRAError(f"{path}:{lineno}: not a JSON record ({error.msg})") from error
+        for number, record in enumerate(read_records(path), start=1):
             missing = [key for key in REQUIRED if not isinstance(record, dict) or key not in record]
             if missing:
-                raise LRAError(f"{path}:{lineno}: not a run record (missing: {', '.join(missing)})")
+                raise LRAError(f"{path}: record {number}: not a run record (missing: {', '.join(missing)})")
             record.pop("config", None)
             record["path"] = str(path.parent)
             rows.append(record)
