@@ -29,12 +29,11 @@ install: $(STAMP) ## create .venv: pinned torch first, then this project (editab
 
 run: install ## the default CPU study: every variant trained on ListOps and Pathfinder, benched at 1K-4K; report in results/
 	rm -rf $(STUDY)
-	$(BIN)/lra-train -m 'model=glob(*,exclude=full_math)' task=listops,pathfinder trainer.max_steps=$(STUDY_STEPS) \
-		trainer.eval_every=$(STUDY_STEPS) trainer.checkpoint_every=$(STUDY_STEPS) trainer.progress=false \
-		hardware.threads=1 hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
-		hydra.callbacks.report.enabled=false hydra.sweep.dir=$(STUDY)/train
+	$(BIN)/lra-train -m experiment=default_study 'model=glob(*,exclude=full_math)' task=listops,pathfinder \
+		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
+		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/train
 	$(BIN)/lra-bench -m 'model=glob(*)' bench.min_run_time=0.5 bench.progress=false \
-		hydra.callbacks.report.enabled=false hydra.sweep.dir=$(STUDY)/bench
+		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench
 	$(BIN)/lra-report runs=$(STUDY) out=results reference=lra_paper
 
 test: install ## run the fast test suite

@@ -1,29 +1,84 @@
-"""Training checkpoints: written atomically, read with `weights_only=True` (never unpickling code)."""
+"""Training checkpoints: written atomically, one generation kept, read with `weights_only=True`.
+
+`save` keeps the checkpoint it replaces beside the new one (`last.pt` -> `last.prev.pt`), so a file
+that is truncated or corrupt later (a full disk, a bad copy) costs one checkpoint interval, not the
+run: `load` reports the bad file and returns the previous state. Loading never unpickles code.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lra.errors import LRAError
-from lra.records import atomic_write
+from lra.files import atomic_write
+
+log = logging.getLogger("lra.checkpoint")
 
 LAST = "last.pt"
 BEST = "best.pt"
 
 
+def previous(path: Path) -> Path:
+    """Where `save` keeps the checkpoint that `path` replaced: `last.pt` -> `last.prev.pt`."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Save `state` (tensors, numbers, strings and containers of them) atomically."""
+    """Save `state` (tensors, numbers, strings and containers of them), keeping the one it replaces.
+
+    At every instant a complete checkpoint is on disk: the old file is linked to the previous name
+    while it stays at `path`, then the new one is written beside it and renamed over `path`.
+    """
+    _keep_previous(path)
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
-def load(path: Path) -> dict[str, Any] | None:
-    """The state saved at `path`, or None when there is none."""
+def _keep_previous(path: Path) -> None:
+    """Make the checkpoint now at `path` the previous one, leaving it at `path` too (a hard link).
+
+    Where the filesystem has no hard links it is renamed instead; until the new checkpoint lands
+    only the previous one exists then, and `load` uses it.
+    """
     if not path.exists():
-        return None
+        return
+    kept = previous(path)
+    kept.unlink(missing_ok=True)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which, do not guess
-        raise LRAError(f"{path}: unreadable checkpoint ({type(error).__name__}); delete it to start over") from error
+        os.link(path, kept)
+    except OSError:  # no hard links on this filesystem (some FAT, network and FUSE mounts)
+        os.replace(path, kept)
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The state saved at `path`; the previous one, with a warning, when `path` is unreadable or
+    missing; None when neither exists. LRAError names both files when neither can be read."""
+    kept = previous(path)
+    failures: list[str] = []
+    for candidate in (path, kept):
+        if not candidate.exists():
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated, corrupt, not a torch file, or code in the pickle
+            failures.append(f"{candidate} ({_reason(error)})")
+            continue
+        if candidate == kept:
+            why = f"unreadable checkpoint {failures[0]}" if failures else f"no checkpoint {path} (a save was cut short)"
+            log.warning("%s; using the previous one, %s", why, kept)
+        return state
+    if failures:
+        raise LRAError(f"no readable checkpoint: {'; '.join(failures)}; delete to start over")
+    return None
+
+
+def _reason(error: Exception) -> str:
+    """Why torch could not load a file, in one short line (its messages run to paragraphs)."""
+    detail = str(error).split("WeightsUnpickler error:")[-1]
+    first = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+    first = first.split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

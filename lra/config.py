@@ -131,6 +131,7 @@ class HardwareConfig:
     threads: int = 0
     num_workers: int = 0
     bench_batch_size: int = 32
+    cpu_memory_cap_mb: Optional[float] = None  # CPU: live tensor bytes above this are out of memory
 
 
 @dataclass
@@ -142,6 +143,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     seed: int = 0
+    force: bool = False  # run again even if the run directory holds this config's finished records
 
 
 @dataclass
@@ -150,7 +152,6 @@ class BenchSettings:
     modes: list[BenchMode] = MISSING
     batch_size: int = MISSING
     min_run_time: float = MISSING
-    cpu_memory_cap_mb: Optional[float] = None
     find_max_batch: bool = False
     max_batch: int = MISSING
     progress: bool = True

@@ -7,3 +7,8 @@ class LRAError(Exception):
     The command-line entry points print the message as one line (it should name the file and
     line, or the config key) and exit non-zero without a traceback and without leaving records.
     """
+
+
+def one_line(message: str, limit: int = 300) -> str:
+    """`message` on one line (whitespace collapsed), at most `limit` characters: a record's error."""
+    return " ".join(message.split())[:limit]

@@ -30,6 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from lra.errors import LRAError
+
 BLOCK_SECONDS = 0.05  # the shortest timed block of calls
 # What a record's peak_memory_mb counts, by device type.
 MEMORY_MEASURES = {"cuda": "cuda_max_allocated_minus_baseline", "cpu": "live_tensor_bytes"}
@@ -102,6 +104,16 @@ def peak_memory(device: torch.device, cpu_cap: int | None = None) -> Iterator[Pe
         with LiveTensorBytes(cpu_cap) as tracker:
             yield result
         result.bytes = tracker.peak
+
+
+def memory_cap(hardware: Any) -> int | None:
+    """The profile's CPU memory cap (hardware.cpu_memory_cap_mb) in bytes, or None."""
+    cap = hardware.cpu_memory_cap_mb
+    if cap is None:
+        return None
+    if cap <= 0:
+        raise LRAError(f"hardware.cpu_memory_cap_mb: must be positive, got {cap}")
+    return int(cap * 2**20)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

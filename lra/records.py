@@ -8,10 +8,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra.config import CONF_DIR
 from lra.errors import LRAError
+from lra.files import atomic_write
 
 SCHEMA = 1
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # Keys that change how a run is shown, not what it computes; left out of the config hash.
 NOT_HASHED = ("trainer.progress", "trainer.log_every", "hardware.num_workers", "hardware.bench_batch_size",
-              "bench.progress")
-
-
-def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
-    """Write a file via `write(file)` to a temporary name beside it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+              "bench.progress", "force")
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -61,6 +45,18 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def job_config_hash(*, _root_: DictConfig) -> str:
+    """`config_hash` of the job Hydra is composing (its config is the root without `hydra`).
+
+    As `${lra.config_hash:}` it names a sweep's job directories: two jobs share a directory only
+    when they compute the same thing, so sweeps never collide and a rerun finds its own jobs.
+    """
+    return config_hash(OmegaConf.masked_copy(_root_, [key for key in _root_ if key != "hydra"]))
+
+
+OmegaConf.register_new_resolver("lra.config_hash", job_config_hash, replace=True)
+
+
 @functools.cache  # once per process: a bench job writes a record per measurement
 def git_sha() -> str | None:
     """The checkout's commit, when lra-bench runs from a git checkout."""
@@ -74,7 +70,10 @@ def git_sha() -> str | None:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
+    else:
+        name = platform.processor() or platform.machine()
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),

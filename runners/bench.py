@@ -12,7 +12,7 @@ lra-train runs it), `infer` one forward pass without gradients. Each measurement
   bytes, and the peak RSS of the worker process that made this one measurement (whole process);
 - FLOPs of the step's matrix products (counted on the meta device, where the model allows it) and
   the achieved TFLOP/s, beside a plain matrix product's TFLOP/s measured in the same job;
-- out of memory (CUDA, the CPU allocator, bench.cpu_memory_cap_mb, or the system killing the
+- out of memory (CUDA, the CPU allocator, hardware.cpu_memory_cap_mb, or the system killing the
   worker) is a result: status `oom`; the longer lengths of that mode are recorded as `skipped`.
 """
 
@@ -36,9 +36,11 @@ from tqdm import tqdm
 
 from lra.cli import reported, run
 from lra.config import CONF_DIR, BenchMode, Device, Precision
-from lra.errors import LRAError
+from lra.errors import LRAError, one_line
+from lra.jobs import run_job
 from lra.measure import (
-    count_flops, free_memory, is_out_of_memory, matmul_tflops, median_seconds, peak_memory, peak_rss_bytes,
+    count_flops, free_memory, is_out_of_memory, matmul_tflops, median_seconds, memory_cap, peak_memory,
+    peak_rss_bytes,
 )
 from lra.optim import build_optimizer, build_scheduler
 from lra.records import make_record, write_records
@@ -71,10 +73,9 @@ def check_bench_config(cfg: DictConfig) -> None:
         raise LRAError(f"bench.batch_size: must be at least 1, got {bench.batch_size}")
     if bench.min_run_time <= 0:
         raise LRAError(f"bench.min_run_time: must be positive, got {bench.min_run_time}")
-    if bench.cpu_memory_cap_mb is not None and bench.cpu_memory_cap_mb <= 0:
-        raise LRAError(f"bench.cpu_memory_cap_mb: must be positive, got {bench.cpu_memory_cap_mb}")
-    if bench.find_max_batch and Device(cfg.hardware.device) is Device.cpu and bench.cpu_memory_cap_mb is None:
-        raise LRAError("bench.find_max_batch: on the CPU it needs bench.cpu_memory_cap_mb, the memory to fill")
+    memory_cap(cfg.hardware)  # a bad cap fails here, before any measurement
+    if bench.find_max_batch and Device(cfg.hardware.device) is Device.cpu and cfg.hardware.cpu_memory_cap_mb is None:
+        raise LRAError("bench.find_max_batch: on the CPU it needs hardware.cpu_memory_cap_mb, the memory to fill")
     for length in bench.seq_lens:
         check_model_config(cfg.model, length + 1)  # + 1: room for a CLS token
 
@@ -141,10 +142,6 @@ def largest_batch(fits: Callable[[int], bool], start: int, limit: int) -> int:
     return low
 
 
-def one_line(message: str) -> str:
-    return " ".join(message.split())[:300]
-
-
 def out_of_memory(fn: Callable[[], Any], device: torch.device) -> str | None:
     """Run `fn`: None if it ran, its one-line error if it ran out of memory (other errors propagate).
     The memory is freed once the error, and the frames it holds, are gone."""
@@ -170,7 +167,7 @@ def measure(cfg: DictConfig, length: int, mode: BenchMode) -> Outcome:
 def measured(cfg: DictConfig, length: int, mode: BenchMode, device: torch.device) -> dict[str, Any]:
     """The metrics of one measurement: warm-up, peak memory of one step, median time of the next ones."""
     bench = cfg.bench
-    cap = None if bench.cpu_memory_cap_mb is None else int(bench.cpu_memory_cap_mb * 2**20)
+    cap = memory_cap(cfg.hardware)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, length, device)
     step = make_step(cfg, model, mode, device)
@@ -232,20 +229,32 @@ def measure_point(cfg: DictConfig, length: int, mode: BenchMode, device: torch.d
         return Outcome("failed", {"mode": mode.value}, one_line(f"{type(error).__name__}: {error}"))
 
 
-def bench(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
-    """Measure every (length, mode); write and return the records."""
+def points(cfg: DictConfig) -> list[tuple[int, BenchMode]]:
+    """The (length, mode) pairs a bench job measures, in order: shorter lengths first."""
+    return [(length, BenchMode(mode)) for length in sorted(set(cfg.bench.seq_lens)) for mode in cfg.bench.modes]
+
+
+def bench(cfg: DictConfig, run_dir: Path, previous: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Measure every (length, mode); write and return the records.
+
+    `previous` records of this config (an interrupted job's) are kept, unless failed, and their
+    points are not measured again."""
     check_bench_config(cfg)
     device = setup_device(cfg.hardware)
     dtype = torch.bfloat16 if Precision(cfg.hardware.precision) is Precision.bf16 else torch.float32
     matmul = matmul_tflops(device, dtype)
-    modes = [BenchMode(mode) for mode in cfg.bench.modes]
+    kept = {(r["seq_len"], r["metrics"]["mode"]): r for r in previous if r["status"] != "failed"}
     out_of_memory_at: dict[BenchMode, int] = {}
     records: list[dict[str, Any]] = []
-    points = [(length, mode) for length in sorted(set(cfg.bench.seq_lens)) for mode in modes]
-    bar = tqdm(points, desc=f"{cfg.model.name} on {cfg.task.name}", disable=None if cfg.bench.progress else True)
+    bar = tqdm(points(cfg), desc=f"{cfg.model.name} on {cfg.task.name}", disable=None if cfg.bench.progress else True)
     for length, mode in bar:
         bar.set_postfix(seq_len=length, mode=mode.value)
         started = time.perf_counter()
+        if (length, mode.value) in kept:
+            records.append(kept[length, mode.value])
+            if records[-1]["status"] == "oom":
+                out_of_memory_at[mode] = length
+            continue
         if mode in out_of_memory_at:
             outcome = Outcome("skipped", {"mode": mode.value}, f"skipped: out of memory at {out_of_memory_at[mode]} tokens")
         else:
@@ -267,12 +276,29 @@ def bench(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def failed_records(cfg: DictConfig, status: str, error: str) -> list[dict[str, Any]]:
+    """The records of a job that raised: one per point, each with the job's error."""
+    device = torch.device(Device(cfg.hardware.device).value)
+    return [
+        make_record(cfg, kind="bench", status=status, error=error, metrics={"mode": mode.value}, seq_len=length,
+                    batch_size=cfg.bench.batch_size, device=device, wall_s=0.0)
+        for length, mode in points(cfg)
+    ]
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """One job: skipped when its run directory holds this config's finished records, resumed at
+    the first point it has no record of; in a sweep, a job that raises writes `failed` records."""
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode is RunMode.MULTIRUN
     with reported(PROG):
-        records = bench(cfg, Path(hydra_cfg.runtime.output_dir))
-    if any(r["status"] == "failed" for r in records) and hydra_cfg.mode is RunMode.RUN:
+        records = run_job(
+            cfg, run_dir, expected=len(points(cfg)), work=lambda previous: bench(cfg, run_dir, previous),
+            failure=lambda status, error: failed_records(cfg, status, error), isolate=sweep,
+        )
+    if any(r["status"] == "failed" for r in records) and not sweep:
         sys.exit(1)
 
 

@@ -1,7 +1,9 @@
-"""`lra-data`: generate a dataset in the layout of the LRA release, one subcommand per dataset.
+"""`lra-data`: generate a dataset in the layout of the LRA release, one subcommand per dataset,
+and check ListOps files (generated or from the release).
 
     lra-data listops --out data/listops-1000 [--train N ...]
     lra-data pathfinder --out data/pathfinder32 [--resolution 32 --difficulty hard --count N ...]
+    lra-data check-listops data/listops-1000/basic_test.tsv [FILE ...]
 
 Bad input ends in one line, `lra-data: error: ...`, and exit code 2.
 """
@@ -63,6 +65,27 @@ def _run_listops(args: argparse.Namespace) -> str:
             f"({args.min_len} < length < {args.max_len}, seed {args.seed}) to {args.out}: {files}")
 
 
+def _add_check_listops(commands: argparse._SubParsersAction) -> None:
+    """`lra-data check-listops`: every label of ListOps split files is the value of its expression."""
+    parser = commands.add_parser(
+        "check-listops", help="check that every label of ListOps files is its expression's value",
+        description="Evaluate the expression of every row of ListOps split files (Source<TAB>Target, "
+                    "generated or from the LRA release) and compare it with the row's label; "
+                    "stop at the first row where they differ.")
+    parser.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                        help="split files, e.g. data/listops-1000/basic_test.tsv")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+    parser.set_defaults(run=_run_check_listops)
+
+
+def _run_check_listops(args: argparse.Namespace) -> str:
+    """Check the files in order; return the line that says how many rows checked."""
+    rows = sum(listops.check_split(path, progress=args.progress) for path in args.files)
+    return (f"all {rows} rows of {', '.join(map(str, args.files))} check: "
+            "every label is the value of its expression")
+
+
 def _add_pathfinder(commands: argparse._SubParsersAction) -> None:
     """`lra-data pathfinder`: Pathfinder images as LRA drew them, at one resolution and difficulty."""
     parser = commands.add_parser(
@@ -93,15 +116,16 @@ def _run_pathfinder(args: argparse.Namespace) -> str:
             f"{pathfinder_draw.SETTINGS_FILE}")
 
 
-# One function per dataset, each adding its subcommand and setting `run` (args -> summary line).
-_DATASETS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_listops, _add_pathfinder)
+# One function per subcommand, each adding it and setting `run` (args -> summary line).
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_listops, _add_check_listops, _add_pathfinder)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `lra-data` parser with a subcommand per dataset."""
-    parser = _Parser(prog=PROG, description="Generate data in the layout of the LRA release.")
-    commands = parser.add_subparsers(title="datasets", metavar="DATASET", required=True)
-    for add in _DATASETS:
+    """The `lra-data` parser with a subcommand per dataset and one that checks ListOps files."""
+    parser = _Parser(prog=PROG, description="Generate data in the layout of the LRA release, or check it.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add in _COMMANDS:
         add(commands)
     return parser
 

@@ -4,7 +4,12 @@ accuracy, test it, and write the job's records.jsonl.
     lra-train model=full task=listops hardware=cpu [key=value ...]   (-m to sweep)
 
 Rerunning the same command in the same run directory (hydra.run.dir) resumes from the last
-checkpoint: model, optimizer, scheduler, RNG, step, and so the data order, are restored.
+checkpoint: model, optimizer, scheduler, RNG, step, and so the data order, are restored; a run
+whose record is already there is skipped (lra.jobs).
+
+Under torchrun (`torchrun --nproc_per_node=N -m runners.train ...`) the processes train one model
+data-parallel (lra.distributed): each step's batch is dealt out over them, gradients, losses,
+accuracies and token counts are summed over them, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
-from lra import checkpoint
+from lra import checkpoint, distributed
 from lra.cli import reported, run
 from lra.config import CONF_DIR, Device, Precision
 from lra.errors import LRAError
-from lra.measure import peak_memory
+from lra.jobs import run_job
+from lra.measure import memory_cap, peak_memory
 from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record, resolved, write_records
 from models.attention import Attention
@@ -44,8 +51,9 @@ from tasks.batching import SequenceDataset, StepBatches, TaskData, pad_batch
 
 PROG = "lra-train"
 log = logging.getLogger("lra.train")
-LAST = Path("checkpoints") / checkpoint.LAST  # resumable state, relative to the run directory
-BEST = Path("checkpoints") / checkpoint.BEST  # model weights of the best validation accuracy
+CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"  # in the run directory, beside records.jsonl
+LAST = Path(CHECKPOINTS) / checkpoint.LAST  # resumable state, relative to the run directory
+BEST = Path(CHECKPOINTS) / checkpoint.BEST  # model weights of the best validation accuracy
 
 
 @dataclass
@@ -73,6 +81,7 @@ class Trainee:
     forward: torch.nn.Module  # the model, or its torch.compile'd form
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    synced: torch.nn.Module | None = None  # `forward` in DistributedDataParallel, for steps across processes
     attention: list[Attention] = field(init=False)  # the model's attention layers, told of every step
 
     def __post_init__(self) -> None:
@@ -81,6 +90,8 @@ class Trainee:
 
 def setup_device(hardware: DictConfig) -> torch.device:
     device = torch.device(Device(hardware.device).value)
+    if device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LRAError(f"hardware.device: hardware={hardware.name} needs CUDA, which this torch build cannot see")
     if hardware.threads > 0:
@@ -100,17 +111,21 @@ def autocast(device: torch.device, precision: Precision) -> torch.autocast:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device) -> float:
-    """Accuracy on `dataset` (its first trainer.eval_batches batches, when set)."""
+    """Accuracy on `dataset` (its first trainer.eval_batches batches, when set), the examples
+    dealt out over the processes of a distributed run."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=cfg.trainer.batch_size, collate_fn=pad_batch)
+    size = len(dataset)
+    if cfg.trainer.eval_batches is not None:
+        size = min(size, cfg.trainer.eval_batches * cfg.trainer.batch_size)
+    shard = Subset(dataset, range(distributed.rank(), size, distributed.world_size()))
+    loader = DataLoader(shard, batch_size=cfg.trainer.batch_size, collate_fn=pad_batch)
     correct = total = 0
-    for index, (tokens, mask, labels) in enumerate(loader):
-        if cfg.trainer.eval_batches is not None and index >= cfg.trainer.eval_batches:
-            break
+    for tokens, mask, labels in loader:
         with autocast(device, Precision(cfg.hardware.precision)):
             logits = model(tokens.to(device), mask.to(device))
         correct += int((logits.argmax(-1).cpu() == labels).sum())
         total += len(labels)
+    correct, total = distributed.all_sum([correct, total], device)
     return correct / total
 
 
@@ -122,7 +137,7 @@ def restore(path: Path, run_hash: str, trainee: Trainee) -> RunState:
     if saved["run_state"]["config_hash"] != run_hash:
         raise LRAError(
             f"{path}: checkpoint of a different config (hash {saved['run_state']['config_hash']}, "
-            f"this run {run_hash}); use another hydra.run.dir or delete the checkpoint"
+            f"this run {run_hash}); force=true starts over, or choose another hydra.run.dir"
         )
     trainee.model.load_state_dict(saved["model"])
     trainee.optimizer.load_state_dict(saved["optimizer"])
@@ -172,7 +187,7 @@ def train_step(trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfi
     tokens, mask, labels = (t.to(device) for t in batch)
     trainee.model.train()
     with autocast(device, Precision(cfg.hardware.precision)):
-        loss = F.cross_entropy(trainee.forward(tokens, mask).float(), labels)
+        loss = F.cross_entropy((trainee.synced or trainee.forward)(tokens, mask).float(), labels)
     trainee.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optimizer.grad_clip is not None:
@@ -185,38 +200,44 @@ def train_step(trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfi
 
 def fit(
     trainee: Trainee, data: TaskData, cfg: DictConfig, device: torch.device, run_dir: Path, state: RunState,
-    writer: SummaryWriter,
+    writer: SummaryWriter | None,
 ) -> str | None:
     """Train from `state.step` to trainer.max_steps, validating and checkpointing on the way.
 
-    Returns None, or the one-line reason the loss diverged.
+    Returns None, or the one-line reason the loss diverged. `writer`: rank 0's alone.
     """
-    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps)
+    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps,
+                          shard=distributed.rank(), shards=distributed.world_size())
     loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
         data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    cap = memory_cap(cfg.hardware) if device.type == "cpu" else None  # every step runs under it
     bar = tqdm(
         total=cfg.trainer.max_steps, initial=state.step, desc=f"{cfg.model.name} on {cfg.task.name}",
-        disable=None if cfg.trainer.progress else True, dynamic_ncols=True,
+        disable=None if cfg.trainer.progress and distributed.is_main() else True, dynamic_ncols=True,
     )
     with bar:
         tick = time.perf_counter()
         for batch in loader:
             measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
-            with peak_memory(device) if measure else nullcontext() as memory:
+            with peak_memory(device, cap) if measure or cap else nullcontext() as memory:
                 loss = train_step(trainee, batch, cfg, device).item()
+            # the whole batch's: every process's mean loss (equal shares), and real tokens of both
+            # documents of a two-tower task
+            loss, tokens = distributed.all_sum([loss, float(batch[1].sum())], device)
+            loss /= distributed.world_size()
             if measure:
                 state.peak_memory_mb, state.memory_measure = round(memory.mb, 3), memory.measure
             if not np.isfinite(loss):
                 return f"loss became {loss} at step {state.step + 1}"
             trainee.scheduler.step()
             state.step += 1
-            state.tokens += int(batch[1].sum())  # real tokens, of both documents in a two-tower task
+            state.tokens += int(tokens)
             state.train_seconds += time.perf_counter() - tick
             state.recent_losses = (state.recent_losses + [loss])[-cfg.trainer.log_every :]
             bar.update(1)
-            if state.step % cfg.trainer.log_every == 0:
+            if state.step % cfg.trainer.log_every == 0 and writer is not None:
                 writer.add_scalar("train/loss", state.train_loss(), state.step)
                 writer.add_scalar("train/lr", trainee.scheduler.get_last_lr()[0], state.step)
                 writer.add_scalar("train/steps_per_s", state.step / state.train_seconds, state.step)
@@ -225,12 +246,14 @@ def fit(
             final = state.step == cfg.trainer.max_steps
             if state.step % cfg.trainer.eval_every == 0 or final:
                 val = evaluate(trainee.forward, data.val, cfg, device)
-                writer.add_scalar("val/accuracy", val, state.step)
                 log.info("step %d: val accuracy %.4f", state.step, val)
+                if writer is not None:
+                    writer.add_scalar("val/accuracy", val, state.step)
                 if val > state.best_val:
                     state.best_val = val
-                    checkpoint.save(run_dir / BEST, {"model": trainee.model.state_dict()})
-            if state.step % cfg.trainer.checkpoint_every == 0 or final:
+                    if distributed.is_main():
+                        checkpoint.save(run_dir / BEST, {"model": trainee.model.state_dict()})
+            if (state.step % cfg.trainer.checkpoint_every == 0 or final) and distributed.is_main():
                 save_last(run_dir / LAST, state, trainee)
             tick = time.perf_counter()
     return None
@@ -246,22 +269,29 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = task_config(cfg.task)
     model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len, task.towers).to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
+    forward = torch.compile(model) if cfg.hardware.compile else model
     trainee = Trainee(
         model=model,
-        forward=torch.compile(model) if cfg.hardware.compile else model,
+        forward=forward,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps),
+        synced=DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+        if distributed.world_size() > 1 else None,
     )
     state = restore(run_dir / LAST, config_hash(cfg), trainee)
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+    writes = distributed.is_main()  # records, checkpoints and TensorBoard: rank 0's alone
+    with SummaryWriter(str(run_dir / TENSORBOARD)) if writes else nullcontext() as writer:
         diverged = fit(trainee, data, cfg, device, run_dir, state, writer)
-        metrics: dict[str, Any] = {"steps": state.step, "train_loss": state.train_loss()}
+        metrics: dict[str, Any] = {"steps": state.step, "train_loss": state.train_loss(),
+                                   "processes": distributed.world_size()}
         if diverged is None:
+            distributed.barrier()  # rank 0 has written the best checkpoint
             model.load_state_dict(checkpoint.load(run_dir / BEST)["model"])
             metrics["test_accuracy"] = evaluate(model, data.test, cfg, device)
             metrics["val_accuracy"] = state.best_val
             metrics["test_majority_rate"] = data.test.majority_rate()
-            log_hparams(writer, cfg, {"test/accuracy": metrics["test_accuracy"], "val/best_accuracy": state.best_val})
+            if writes:
+                log_hparams(writer, cfg, {"test/accuracy": metrics["test_accuracy"], "val/best_accuracy": state.best_val})
         else:
             log.error(diverged)
     if state.train_seconds > 0:
@@ -274,22 +304,46 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, device=device,
         wall_s=time.perf_counter() - started,
     )
-    path = write_records(run_dir, [record])
-    log.info("%s: %s, test accuracy %s", path, record["status"], metrics.get("test_accuracy"))
+    if writes:
+        path = write_records(run_dir, [record])
+        log.info("%s: %s, test accuracy %s", path, record["status"], metrics.get("test_accuracy"))
     return record
+
+
+def failed_record(cfg: DictConfig, status: str, error: str, wall_s: float) -> dict[str, Any]:
+    """The record of a job that raised (status failed, or oom)."""
+    return make_record(
+        cfg, kind="train", status=status, error=error, metrics={}, seq_len=cfg.task.max_len,
+        batch_size=cfg.trainer.batch_size, device=torch.device(Device(cfg.hardware.device).value), wall_s=wall_s,
+    )
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """One job: skipped when its run directory holds this config's finished record; in a sweep, a
+    job that raises writes a `failed` (or `oom`) record and the sweep goes on."""
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode is RunMode.MULTIRUN
+    started = time.perf_counter()
+    if not distributed.is_main():
+        logging.getLogger("lra").setLevel(logging.WARNING)  # rank 0 tells the story
     with reported(PROG):
-        record = train(cfg, Path(hydra_cfg.runtime.output_dir))
-    if record["status"] != "ok" and hydra_cfg.mode is RunMode.RUN:
+        [record] = run_job(
+            cfg, run_dir, expected=1, work=lambda previous: [train(cfg, run_dir)],
+            failure=lambda status, error: [failed_record(cfg, status, error, time.perf_counter() - started)],
+            outputs=(CHECKPOINTS, TENSORBOARD), isolate=sweep,
+        )
+    if record["status"] != "ok" and not sweep:
         sys.exit(1)
 
 
 def cli() -> None:
-    run(main, PROG)
+    distributed.start()  # under torchrun: join the other processes before composing the config
+    try:
+        run(main, PROG)
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

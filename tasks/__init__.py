@@ -6,16 +6,15 @@ config dataclass (a subclass of lra.config.TaskConfig).
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import pkgutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from lra.config import TaskConfig
+from lra.files import exclusive
 from lra.registry import Registry
 from tasks.batching import TaskData
 
@@ -33,15 +32,6 @@ def load_task(task: DictConfig, data: DictConfig, progress: bool = True) -> Task
     loader, _ = TASKS.get(config.name)
     with exclusive(Path(data.root)):
         return loader(config, Path(data.root), generate=data.generate, progress=progress)
-
-
-@contextmanager
-def exclusive(root: Path) -> Iterator[None]:
-    """Hold the lock of the data directory `root` (an advisory lock on root/.lock) inside the block."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def task_config(task: DictConfig) -> TaskConfig:

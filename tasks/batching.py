@@ -96,13 +96,21 @@ def pad_batch(items: list[tuple[tuple[torch.Tensor, ...], int]]) -> tuple[torch.
 
 
 class StepBatches(Sampler[list[int]]):
-    """Training batches for steps [start, stop): a fresh seeded permutation each epoch, last partial batch dropped."""
+    """Training batches for steps [start, stop): a fresh seeded permutation each epoch, last partial batch dropped.
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+    With `shards` > 1 (data-parallel ranks) each step's batch is dealt out and this sampler yields
+    shard `shard` of it: the ranks together see exactly the batch one process would.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int, shard: int = 0,
+                 shards: int = 1) -> None:
         if batch_size > size:
             raise LRAError(f"trainer.batch_size: {batch_size} exceeds the {size} training examples")
+        if batch_size % shards:
+            raise LRAError(f"trainer.batch_size: {batch_size} does not split evenly over {shards} processes")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.stop = start, stop
+        self.shard, self.shards = shard, shards
         self.per_epoch = size // batch_size
 
     def __len__(self) -> int:
@@ -115,4 +123,4 @@ class StepBatches(Sampler[list[int]]):
                 epoch = step // self.per_epoch
                 order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             offset = (step % self.per_epoch) * self.batch_size
-            yield order[offset : offset + self.batch_size].tolist()
+            yield order[offset : offset + self.batch_size][self.shard :: self.shards].tolist()

@@ -57,14 +57,13 @@ def read_images(files: list[Path], num_classes: int, progress: bool) -> Sequence
     labels: list[np.ndarray] = []
     for path in files:
         table = read_table(path, ["img", "label"])
-        check_labels(table["label"], num_classes, path)
+        labels.append(check_labels(table["label"], num_classes, path))
         for row, img in enumerate(tqdm(table["img"], desc=path.name, unit="image", disable=not progress,
                                        leave=False), start=1):
             png = img.get("bytes") if isinstance(img, dict) else None
             if not png:
                 raise LRAError(f"{path}: row {row}: column 'img' holds no image bytes")
             pixels.append(grayscale_pixels(png, f"{path}: row {row}"))
-        labels.append(table["label"].to_numpy(dtype=np.int64))
     return SequenceDataset((Ragged.build(pixels),), np.concatenate(labels))
 
 

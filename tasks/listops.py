@@ -3,7 +3,8 @@
 The generator follows LRA's (google-research/long-range-arena, lra_benchmarks/data/listops.py):
 same tree distribution, written form, length limits and values. It draws from its own
 `random.Random(seed)` and keeps examples in first-seen order, so a seed names one dataset byte for
-byte. The reader takes generated files and those of the LRA release alike.
+byte. The reader takes generated files and those of the LRA release alike; `parse` and
+`evaluate` read one written expression back, so that `check_split` can check a file's labels.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import filterfalse
 from pathlib import Path
-from typing import TextIO, Union
+from typing import TextIO, TypeVar, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -56,8 +57,11 @@ class ListOpsSettings:
 
 # Chance that a node above max_depth is an operator rather than a digit (LRA's VALUE_P).
 _OPERATOR_P = 0.25
-# A digit, or (operator, children): the children are the operator's arguments in order.
+# A digit, or (operator, children): the children are the operator's arguments in order. The
+# generator gives an operator 2..max_args children; `parse` accepts one or more, since every
+# operator in _APPLY has a value for a single argument (that argument).
 Tree = Union[int, tuple[str, tuple["Tree", ...]]]
+_Node = TypeVar("_Node")
 
 _APPLY: dict[str, Callable[[list[int]], int]] = {
     "[MIN": min,
@@ -284,29 +288,80 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise LRAError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
-def _parse_row(line: str) -> tuple[list[int], int]:
-    """Token ids and label of one `source<TAB>label` row; LRAError says what is wrong."""
+def _fold(source: str, node: Callable[[str, list[int | _Node]], _Node]) -> int | _Node:
+    """The expression of a source folded bottom-up: a digit is its value, an operator with its
+    folded arguments becomes node(operator, arguments). LRAError says why the words of the
+    source are not one expression, counting words (parentheses too) from 1.
+
+    Parentheses are skipped, as tokenize skips them: "]" alone closes an operator. An explicit
+    stack rather than recursion, so that nesting thousands deep costs memory, not the Python
+    stack.
+    """
+    pending: list[tuple[str, int, list[int | _Node]]] = []  # open operators: name, word, arguments
+    done: list[int | _Node] = []  # the complete expression, once there is one
+    for position, word in enumerate(source.split(), start=1):
+        if word in _PARENS:
+            continue
+        if done and word != END:  # a stray "]" is reported as closing nothing, below
+            raise LRAError(f"word {position} ({_excerpt(word)}) follows a complete expression")
+        if word in _APPLY:
+            pending.append((word, position, []))
+            continue
+        if word == END:
+            if not pending:
+                raise LRAError(f"']' (word {position}) closes no operator")
+            operator, opened, arguments = pending.pop()
+            if not arguments:
+                raise LRAError(f"{_excerpt(operator)} (word {opened}) has no arguments")
+            value = node(operator, arguments)
+        elif word in _LABELS:
+            value = _LABELS[word]
+        else:
+            raise LRAError(f"unknown token {_excerpt(word)}")
+        (pending[-1][2] if pending else done).append(value)
+    if pending:
+        operator, opened, _ = pending[-1]
+        raise LRAError(f"{_excerpt(operator)} (word {opened}) is not closed by ']'")
+    if not done:
+        raise LRAError("the source has no tokens")
+    return done[0]
+
+
+def parse(source: str) -> Tree:
+    """The tree of a written source (LRA's form, or without parentheses); LRAError with a
+    one-line reason when it is not exactly one expression of digits and operators with one
+    or more arguments each. The inverse of _source."""
+    return _fold(source, lambda operator, children: (operator, tuple(children)))
+
+
+def evaluate(source: str) -> int:
+    """The value of a written source, as _value(parse(source)) but without recursion, so that
+    deeply nested sources evaluate too."""
+    return _fold(source, lambda operator, values: _APPLY[operator](values))
+
+
+def _split_row(line: str) -> tuple[str, int]:
+    """Source and label of one `source<TAB>label` row; LRAError says what is wrong."""
     fields = line.split("\t")
     if len(fields) != 2:
         raise LRAError(f"expected 2 tab-separated fields (Source, Target), got {len(fields)}")
     source, label = fields
     if label not in _LABELS:
         raise LRAError(f"label {_excerpt(label)} is not a digit 0-9")
+    return source, _LABELS[label]
+
+
+def _parse_row(line: str) -> tuple[list[int], int]:
+    """Token ids and label of one `source<TAB>label` row; LRAError says what is wrong."""
+    source, label = _split_row(line)
     ids = tokenize(source)
     if not ids:
         raise LRAError("the source has no tokens")
-    return ids, _LABELS[label]
+    return ids, label
 
 
-def read_split(path: Path, max_len: int) -> SequenceDataset:
-    """Token ids (first max_len tokens, as LRA truncated) and labels of one split file.
-
-    Reads the format of the LRA release and of write_release (CRLF or LF line ends); any
-    malformed line raises LRAError naming `path:line`.
-    """
-    if max_len < 1:
-        raise LRAError(f"max_len must be >= 1, got {max_len}")
-    path = Path(path)
+def _rows(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a split file after its header; LRAError if the header is not there."""
     lines = _lines(path)
     first = next(lines, None)
     if first is None:
@@ -314,9 +369,23 @@ def read_split(path: Path, max_len: int) -> SequenceDataset:
     if first[1] != "\t".join(HEADER):
         raise LRAError(f"{path}:1: expected the header 'Source<TAB>Target', "
                        f"got {_excerpt(first[1])}")
+    yield from lines
+
+
+def read_split(path: Path, max_len: int) -> SequenceDataset:
+    """Token ids (first max_len tokens, as LRA truncated) and labels of one split file.
+
+    Reads the format of the LRA release and of write_release (CRLF or LF line ends); any
+    malformed line raises LRAError naming `path:line`. Sources are tokenized, not parsed: the
+    model sees the tokens whether or not they form one expression, and parsing would cost a
+    Python step per token.
+    """
+    if max_len < 1:
+        raise LRAError(f"max_len must be >= 1, got {max_len}")
+    path = Path(path)
     tokens: list[list[int]] = []
     labels: list[int] = []
-    for lineno, line in lines:
+    for lineno, line in _rows(path):
         try:
             ids, label = _parse_row(line)
         except LRAError as err:
@@ -326,6 +395,29 @@ def read_split(path: Path, max_len: int) -> SequenceDataset:
     if not labels:
         raise LRAError(f"{path}: no examples after the header")
     return SequenceDataset((Ragged.build(tokens),), np.array(labels, dtype=np.int64))
+
+
+def check_split(path: Path, progress: bool = True) -> int:
+    """The number of rows of a split file, once each row's label is checked to be the value of
+    its source: LRAError names the first `path:line` whose label is not, or that is malformed.
+
+    Evaluation takes a Python step per token (about a minute for LRA's training split), hence
+    the progress bar.
+    """
+    path = Path(path)
+    rows = 0
+    for lineno, line in tqdm(_rows(path), desc=path.name, unit="row", disable=not progress, leave=False):
+        try:
+            source, label = _split_row(line)
+            value = evaluate(source)
+        except LRAError as err:
+            raise LRAError(f"{path}:{lineno}: {err}") from None
+        if label != value:
+            raise LRAError(f"{path}:{lineno}: label {label}, but the expression evaluates to {value}")
+        rows += 1
+    if not rows:
+        raise LRAError(f"{path}: no examples after the header")
+    return rows
 
 
 @dataclass

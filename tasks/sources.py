@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lra.errors import LRAError
+from lra.errors import LRAError, one_line
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -80,24 +81,33 @@ def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
             present = list(pd.read_csv(path, nrows=0).columns)
         absent = [column for column in columns if column not in present]
         if absent:
-            raise LRAError(f"{path}: no column {', '.join(map(repr, absent))} (it has {', '.join(present)})")
+            raise LRAError(f"{path}: no column {', '.join(map(repr, absent))} (it has {', '.join(map(repr, present))})")
         if path.suffix == ".parquet":
             return pd.read_parquet(path, columns=list(columns))
         return pd.read_csv(path, usecols=list(columns), keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:  # pyarrow's errors are OSError/ValueError
-        raise LRAError(f"{path}: not a readable {path.suffix[1:]} file: {err}") from None
+        raise LRAError(f"{path}: not a readable {path.suffix[1:]} file: {one_line(str(err))}") from None
 
 
-def check_labels(labels: Any, num_classes: int, path: Path) -> None:
-    """Every label an integer class in [0, num_classes); LRAError names the first row that is not."""
+def check_labels(labels: Any, num_classes: int, path: Path) -> np.ndarray:
+    """The labels as int64 class ids, once each is checked to be an integer in [0, num_classes);
+    LRAError names the first row that is not.
+
+    The ids come from the values checked: a csv column can hold text that float() reads as a
+    class but numpy's int conversion does not ("1.0" beside "0_0", which keeps pandas from
+    reading the column as numbers).
+    """
+    ids = []
     for row, label in enumerate(labels, start=1):
         try:
-            ok = float(label).is_integer() and 0 <= float(label) < num_classes
+            value = float(label)
         except (TypeError, ValueError):
-            ok = False
-        if not ok:
+            value = float("nan")
+        if not (value.is_integer() and 0 <= value < num_classes):
             shown = repr(label) if isinstance(label, str) else label
             raise LRAError(f"{path}: row {row}: label {shown} is not a class 0-{num_classes - 1}")
+        ids.append(int(value))
+    return np.array(ids, dtype=np.int64)
 
 
 def check_generated(settings_file: Path, settings: dict[str, Any]) -> None:
@@ -105,12 +115,23 @@ def check_generated(settings_file: Path, settings: dict[str, Any]) -> None:
     it were what the config says)."""
     if not settings_file.exists():
         return
-    written = json.loads(settings_file.read_text())
+    try:
+        written = json.loads(settings_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON, nested too deep
+        raise LRAError(f"{settings_file}: not a readable settings file: {one_line(str(err))}") from None
+    if not isinstance(written, dict):
+        raise LRAError(f"{settings_file}: not a settings file: expected a JSON object of settings")
     if written != settings:
-        changed = ", ".join(
-            f"{k}={written.get(k)} (task.generate: {v})" for k, v in settings.items() if written.get(k) != v
-        )
         raise LRAError(
-            f"{settings_file}: data generated with other settings: {changed}; "
+            f"{settings_file}: data generated with other settings: {_differences(written, settings)}; "
             "delete the directory to regenerate, or set task.dir"
         )
+
+
+def _differences(written: dict[str, Any], settings: dict[str, Any]) -> str:
+    """`key=written (task.generate: wanted)` for each setting that differs, then the written keys
+    that are no setting; values as JSON, so the line stays one line and "0" differs from 0."""
+    changed = [f"{key}={json.dumps(written.get(key))} (task.generate: {json.dumps(value)})"
+               for key, value in settings.items() if written.get(key) != value]
+    unknown = [json.dumps(key) for key in written if key not in settings]
+    return ", ".join([*changed, *([f"unknown keys {', '.join(unknown)}"] if unknown else [])])

@@ -44,10 +44,9 @@ def read_texts(files: list[Path], num_classes: int, max_len: int, progress: bool
     labels: list[np.ndarray] = []
     for path in files:
         table = read_table(path, ["text", "label"])
-        check_labels(table["label"], num_classes, path)
+        labels.append(check_labels(table["label"], num_classes, path))
         texts = tqdm(table["text"], desc=path.name, unit="doc", disable=not progress, leave=False)
         sequences.extend(utf8_bytes(str(text), max_len) for text in texts)
-        labels.append(table["label"].to_numpy(dtype=np.int64))
     return SequenceDataset((Ragged.build(sequences),), np.concatenate(labels))
 
 

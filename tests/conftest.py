@@ -17,22 +17,8 @@ from lra.config import CONF_DIR
 
 REPO = CONF_DIR.parent
 
-# A ListOps run that takes seconds: the cpu profile, smaller still.
-TINY = [
-    "task.generate.train=400",
-    "task.generate.val=64",
-    "task.generate.test=64",
-    "task.generate.max_len=48",
-    "task.max_len=48",
-    "model.num_layers=1",
-    "model.dim=32",
-    "model.mlp_dim=64",
-    "trainer.batch_size=16",
-    "trainer.max_steps=20",
-    "trainer.eval_every=10",
-    "trainer.checkpoint_every=10",
-    "trainer.progress=false",
-]
+# A ListOps run that takes seconds: the cpu profile, smaller still (conf/experiment/smoke.yaml).
+TINY = ["experiment=smoke"]
 
 
 def compose_config(*overrides: str, config: str = "train") -> DictConfig:

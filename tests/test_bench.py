@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -52,6 +53,21 @@ def test_each_length_and_mode_gets_a_record_with_speed_memory_and_flops(tmp_path
     assert train64["flops_per_step"] == 3 * infer64["flops_per_step"]  # backward: twice the forward's products
 
 
+def test_an_interrupted_bench_resumes_at_its_first_missing_point_and_a_finished_one_is_skipped(tmp_path: Path):
+    args = ("model=linear", "bench.seq_lens=[16,32]", "bench.modes=[infer]")
+    assert bench_cli(tmp_path, *args).returncode == 0
+    path = tmp_path / "run" / "records.jsonl"
+    first, _ = read_records(path)
+    path.write_text(json.dumps(first) + "\n")  # as if killed after the first measurement
+
+    resumed = bench_cli(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    records = read_records(path)
+    assert records[0] == first and statuses(records) == [(16, "infer", "ok"), (32, "infer", "ok")]
+    again = bench_cli(tmp_path, *args)
+    assert "already finished for this config" in again.stdout and read_records(path) == records
+
+
 def test_two_towers_are_measured_with_both_documents(tmp_path: Path):
     result = bench_cli(tmp_path, "task=retrieval", "model=linear", "bench.seq_lens=[16]", "bench.modes=[infer]")
     assert result.returncode == 0, result.stderr
@@ -86,7 +102,7 @@ def test_plain_full_attention_memory_grows_with_the_square_and_linear_variants_d
 
 
 def test_a_memory_cap_makes_longer_lengths_oom_then_skipped_and_the_other_modes_go_on(tmp_path: Path):
-    result = bench_cli(tmp_path, "model=full_math", "bench.seq_lens=[32,64,512,1024]", "bench.cpu_memory_cap_mb=2")
+    result = bench_cli(tmp_path, "model=full_math", "bench.seq_lens=[32,64,512,1024]", "hardware.cpu_memory_cap_mb=2")
     assert result.returncode == 0, result.stderr  # out of memory is a result, not an error
     records = read_records(tmp_path / "run" / "records.jsonl")
     assert statuses(records) == [
@@ -99,7 +115,7 @@ def test_a_memory_cap_makes_longer_lengths_oom_then_skipped_and_the_other_modes_
 
 def test_a_capped_sweep_records_oom_for_full_attention_and_finishes_the_others(tmp_path: Path):
     result = run_cli("runners.bench", "-m", *SMALL, "model=full_math,linformer", "bench.seq_lens=[64,512]",
-                     "bench.modes=[train]", "bench.cpu_memory_cap_mb=5", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     "bench.modes=[train]", "hardware.cpu_memory_cap_mb=5", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                      cwd=REPO)
     assert result.returncode == 0, result.stderr
     by_model = {p.parent.name.split("_")[0]: statuses(read_records(p)) for p in (tmp_path / "sweep").rglob("records.jsonl")}
@@ -108,7 +124,7 @@ def test_a_capped_sweep_records_oom_for_full_attention_and_finishes_the_others(t
 
 
 def test_find_max_batch_finds_the_largest_batch_under_the_cap():
-    cfg = bench_config("model=full_math", "bench.cpu_memory_cap_mb=3", "bench.find_max_batch=true",
+    cfg = bench_config("model=full_math", "hardware.cpu_memory_cap_mb=3", "bench.find_max_batch=true",
                        "bench.modes=[infer]")
     outcome = measure(cfg, 128, BenchMode.infer)
     largest = outcome.metrics["max_batch"]
@@ -137,8 +153,9 @@ def test_largest_batch_search_is_exact_and_logarithmic(largest, start):
     [
         ("bench.modes=[trian]", "bench.modes[0]: Invalid value 'trian', expected one of [train, infer]"),
         ("bench.seq_lens=[]", "bench.seq_lens: need one or more lengths of at least 1 token, got []"),
-        ("bench.find_max_batch=true", "bench.find_max_batch: on the CPU it needs bench.cpu_memory_cap_mb"),
+        ("bench.find_max_batch=true", "bench.find_max_batch: on the CPU it needs hardware.cpu_memory_cap_mb"),
         ("bench.batch_size=0", "bench.batch_size: must be at least 1, got 0"),
+        ("hardware.cpu_memory_cap_mb=-1", "hardware.cpu_memory_cap_mb: must be positive, got -1.0"),
     ],
 )
 def test_bad_settings_are_one_line_and_leave_no_records(tmp_path: Path, override, message):

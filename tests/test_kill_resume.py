@@ -1,4 +1,5 @@
-"""SIGKILL a real lra-train process after a checkpoint, rerun the same command: same steps, same result."""
+"""SIGKILL a real lra-train process, or a whole sweep, after a checkpoint; rerun the same command:
+only the unfinished work is done again, to the same result."""
 
 from __future__ import annotations
 
@@ -44,3 +45,41 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path):
     resumed = read_records(killed_dir / "records.jsonl")[0]
     assert resumed["metrics"]["steps"] == straight["metrics"]["steps"] == STEPS
     assert abs(resumed["metrics"]["test_accuracy"] - straight["metrics"]["test_accuracy"]) <= 0.05
+
+
+def sweep_command(sweep: Path, data: Path) -> list[str]:
+    return [sys.executable, "-m", "runners.train", "-m", "model=full,linear,local", *ARGS, f"data.root={data}",
+            f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false"]
+
+
+def job_records(sweep: Path) -> dict[str, dict]:
+    return {path.parent.name: read_records(path)[0] for path in sweep.rglob("records.jsonl")}
+
+
+def test_a_killed_sweep_reruns_only_its_unfinished_jobs_to_the_same_records(tmp_path: Path):
+    data = tmp_path / "data"
+    straight = subprocess.run(sweep_command(tmp_path / "straight", data), cwd=REPO, capture_output=True)
+    assert straight.returncode == 0, straight.stderr
+
+    sweep = tmp_path / "killed"
+    process = subprocess.Popen(sweep_command(sweep, data), cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:  # the first job done, the second mid-run
+        if len(job_records(sweep)) == 1 and len(list(sweep.glob(f"*/checkpoints/{checkpoint.LAST}"))) == 2:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and everything it started
+    process.wait()
+    assert len(job_records(sweep)) == 1, "the kill should land in the second job"
+
+    rerun = subprocess.run(sweep_command(sweep, data), cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.count("already finished for this config") == 1
+    assert rerun.stdout.count("resumed from") == 1
+    assert "sweep of 3 jobs, 3 records: 3 ok" in rerun.stdout and "1 jobs finished before, not rerun" in rerun.stdout
+    expected, resumed = job_records(tmp_path / "straight"), job_records(sweep)
+    assert expected.keys() == resumed.keys()  # the same jobs, in directories named by their configs
+    for name, record in expected.items():
+        assert (resumed[name]["status"], resumed[name]["metrics"]["steps"]) == ("ok", STEPS)
+        assert abs(resumed[name]["metrics"]["test_accuracy"] - record["metrics"]["test_accuracy"]) <= 0.05

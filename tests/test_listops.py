@@ -271,3 +271,65 @@ def test_module_entry_point_reports_errors():
                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 2
     assert done.stderr.startswith("lra-data: error: ") and "min_len=9" in done.stderr
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    ("", "the source has no tokens"),
+    ("( )", "the source has no tokens"),
+    ("( ( [MAX ) ] )", "'[MAX' (word 3) has no arguments"),
+    ("( [SM 1 ) ] ) ]", "']' (word 7) closes no operator"),
+    ("[MIN [MAX 1 ]", "'[MIN' (word 1) is not closed by ']'"),
+    ("1 ( 2 )", "word 3 ('2') follows a complete expression"),
+    ("[MAX 1 [FOO ]", "unknown token '[FOO'"),
+])
+def test_parse_names_what_is_malformed(source, reason):
+    for read in (listops.parse, listops.evaluate):
+        with pytest.raises(LRAError) as error:
+            read(source)
+        assert str(error.value) == reason
+
+
+def test_parse_reads_the_written_form_and_one_argument_operators():
+    assert listops.parse("( ( ( [MAX 2 ) 9 ) ] )") == ("[MAX", (2, 9))
+    assert listops.parse("[MED 1 [SM 4 ] 8 3 ]") == ("[MED", (1, ("[SM", (4,)), 8, 3))
+    assert listops.evaluate("[MED 1 [SM 4 ] 8 3 ]") == 3  # median of 1 4 8 3 is 3.5, truncated
+    assert listops.evaluate("7") == 7
+
+
+def test_deep_nesting_parses_and_evaluates_without_recursion():
+    depth = 20 * sys.getrecursionlimit()
+    source = "( ( [SM " * depth + "7" + " ) ] )" * depth
+    assert listops.evaluate(source) == 7
+    tree, levels = listops.parse(source), 0
+    while not isinstance(tree, int):
+        (op, (tree,)), levels = tree, levels + 1
+        assert op == "[SM"
+    assert (tree, levels) == (7, depth)
+    with pytest.raises(LRAError) as error:
+        listops.evaluate(source.removesuffix(" ] )"))  # the outermost operator loses its "]"
+    assert str(error.value) == "'[SM' (word 3) is not closed by ']'"
+
+
+def test_check_split_counts_the_rows_of_a_release(release):
+    out, settings = release
+    for split, name in listops.SPLIT_FILES.items():
+        assert listops.check_split(out / name, progress=False) == settings[split]
+
+
+def test_cli_check_listops_passes_a_generated_file_and_names_a_wrong_label(release, tmp_path, capsys):
+    out, settings = release
+    path = out / listops.SPLIT_FILES["val"]
+    cli(["check-listops", str(path), "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert stdout == (f"all {settings['val']} rows of {path} check: "
+                      "every label is the value of its expression\n")
+    lines = path.read_bytes().split(b"\r\n")
+    source, label = lines[3].split(b"\t")
+    lines[3] = source + b"\t" + str((int(label) + 1) % 10).encode()
+    wrong = tmp_path / "basic_val.tsv"
+    wrong.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(SystemExit) as exit_:
+        cli(["check-listops", str(path), str(wrong), "--no-progress"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"lra-data: error: {wrong}:4: label {(int(label) + 1) % 10}, "
+                                       f"but the expression evaluates to {int(label)}\n")

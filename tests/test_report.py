@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
 from lra.errors import LRAError
 from lra.report import (
     Group, accuracy_tables, bubble_plot, crossover_table, efficiency_tables, load_records, scaling_plot, summarise,
     write_report,
 )
-from lra.report.callback import ReportCallback
 from lra.report.cells import ordered_tasks
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, run_cli
 from tests.report_fixtures import bench, sample_runs, train, write
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -225,31 +223,8 @@ def test_cli_writes_the_report_and_bad_input_is_one_line_with_nothing_written(tm
     assert not (tmp_path / "bad" / "leaderboard.md").exists()
 
 
-def test_report_callback_without_records_says_so_in_one_line(tmp_path: Path, capsys):
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
-    ReportCallback().on_multirun_end(config)
-    [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("lra-report: no report of this sweep: ") and "no records.jsonl found" in line
-    sample_runs(tmp_path / "sweep")
-    ReportCallback(enabled=False).on_multirun_end(config)
-    assert not (tmp_path / "sweep" / "leaderboard.md").exists()
-    ReportCallback(out=str(tmp_path / "elsewhere")).on_multirun_end(config)
-    assert (tmp_path / "elsewhere" / "leaderboard.md").exists()
-
-
-def test_a_training_multirun_ends_with_its_report_in_the_sweep_dir(tmp_path: Path):
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "runners.train", "-m", "model=full,linear", *TINY, "trainer.max_steps=5", "trainer.eval_every=5",
-        f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}", cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr
-    md = (sweep / "leaderboard.md").read_text()
-    assert "| full-sdpa " in md and "| linear " in md and "hardware: cpu" in md
-
-
 def test_the_report_reads_records_only():
-    code = ("import sys, lra.report, lra.report.callback; "
+    code = ("import sys, lra.report, lra.sweep; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'models', 'tasks', 'runners', 'lra'}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "['lra']", result.stderr  # never the models, tasks or runners

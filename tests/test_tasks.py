@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lra.errors import LRAError
+from lra.files import exclusive
 from lra.records import read_records
 from models.encoder import Classifier
-from tasks import exclusive, image, load_task, pathfinder, retrieval, text
+from tasks import image, load_task, pathfinder, retrieval, text
 from tasks.cache import CACHE_DIR
 from tests.conftest import REPO, compose_config, run_cli
 from tests.task_fixtures import REVIEWS, png_bytes, write_aan, write_cifar, write_imdb, write_pathfinder_tree

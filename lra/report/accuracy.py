@@ -10,7 +10,7 @@ import pandas as pd
 
 from lra.report.cells import OURS, aggregate, ordered_tasks, sort_models
 from lra.report.reference import published_accuracy
-from lra.report.table import MISSING, Table
+from lra.report.table import MISSING, Table, status_text
 
 AVG = "avg"
 MAJORITY, CHANCE = "majority class", "chance"  # the chance-level row: its model name and source
@@ -60,9 +60,10 @@ def averages(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_text(cell: pd.Series) -> str:
-    """`mean ± std (n)` over seeds; the mean alone for one seed; failed seeds counted; FAIL if all failed."""
+    """`mean ± std (n)` over seeds; the mean alone for one seed; failed seeds counted; OOM or FAIL
+    if none gave a number."""
     if pd.isna(cell["value"]):
-        return MISSING if cell["task"] == AVG else "FAIL"
+        return MISSING if cell["task"] == AVG else status_text(cell["status"])
     n = 1 if pd.isna(cell["n"]) else int(cell["n"])
     failed = 0 if pd.isna(cell["failed"]) else int(cell["failed"])
     text = f"{cell['value']:.2f}" + (f" ± {cell['std']:.2f}" if n > 1 else "")
@@ -86,7 +87,8 @@ def accuracy_tables(cells: pd.DataFrame) -> list[Table]:
 def accuracy_notes(table: pd.DataFrame) -> list[str]:
     """How to read one accuracy table: cells, the average and the rows that are not ours."""
     notes = ["Cells: mean ± sample std (seeds) of test accuracy over seeds; one seed: its figure. "
-             "FAIL: every run failed, diverged or ran out of memory; (2, 1 FAIL): 2 seeds ok, 1 not."]
+             "OOM or FAIL: no run gave a number, mostly by running out of memory, or by failing or diverging; "
+             "(2, 1 FAIL): 2 seeds ok, 1 not."]
     avg = table[table["task"] == AVG]
     complete = avg[avg["status"] == "ok"]
     if not complete.empty:

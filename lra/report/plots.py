@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from lra.records import atomic_write
+from lra.files import atomic_write
 from lra.report.accuracy import AVG
 from lra.report.cells import OURS, Group, groups
 from lra.report.efficiency import MEASURES

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from lra.records import atomic_write
+from lra.files import atomic_write
 from lra.report.accuracy import accuracy_tables
 from lra.report.cells import groups
 from lra.report.crossover import crossover_table
