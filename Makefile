@@ -43,5 +43,5 @@ test-slow: install ## run the slow tests (the default run end to end, torch.comp
 	$(BIN)/pytest -m slow
 
 clean: ## remove the venv, caches and run outputs (keeps data/ and the committed results)
-	rm -rf $(VENV) .pytest_cache outputs multirun $(STUDY) *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis outputs multirun $(STUDY) *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

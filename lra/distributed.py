@@ -34,7 +34,8 @@ def is_main() -> bool:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0)) if dist.is_initialized() else 0
+    """This process's device index on its machine (torchrun's LOCAL_RANK; 0 alone)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def start() -> None:
@@ -44,7 +45,7 @@ def start() -> None:
         return
     # gloo for CPU tensors, nccl for CUDA ones: the hardware profile picks the device later
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local_rank())
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     os.environ[STARTED] = str(on_main(time.time))
 

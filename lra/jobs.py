@@ -82,8 +82,9 @@ def run_job(
         except USER_ERRORS as error:  # the directory is another run's, or its records unreadable
             if not isolate:
                 raise
-            log.error("job not run: %s", describe(error))
-            return failure("failed", describe(error))  # not written over what is there
+            message = describe(error)
+            log.error("job not run: %s", message)
+            return failure("failed", message)  # not written over what is there
         if finished(previous, expected):
             log.info("%s: already finished for this config (%s); skipped (force=true runs it again)",
                      run_dir / RECORDS_FILE, run_hash)
