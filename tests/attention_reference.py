@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def softmax_attention(q, k, v, allowed=None, key_padding_mask=None):
@@ -42,3 +44,17 @@ def ragged_mask(batch, length):
 def real_positions(mask, out):
     """Boolean index of `out` (batch, heads, length, dim) at real query positions."""
     return mask[:, None, :, None].expand_as(out)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor created inside the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        self.largest = max([self.largest, *sizes])
+        return out

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from models.attention import build_attention
-from tests.attention_reference import random_heads, real_positions, softmax_attention
+from tests.attention_reference import LargestTensor, random_heads, real_positions, softmax_attention
 
 LENGTH = 37  # random_heads' default: not a multiple of any block size below
 
@@ -45,11 +43,13 @@ SMALL = {
     "sparse": dict(block=8, summary=2, global_tokens=1),
     "bigbird": dict(block=4, random_blocks=2, window_blocks=3, global_blocks=2, seed=3),
     "longformer": dict(window=3, global_tokens=2),
+    "etc": dict(window=2, global_tokens=4),
 }
 COVERING = {
     "sparse": [dict(block=64, summary=1), dict(block=8, summary=8)],
     "bigbird": [dict(block=4, window_blocks=21, random_blocks=0), dict(block=4, global_blocks=20)],
     "longformer": [dict(window=LENGTH, global_tokens=0), dict(window=1, global_tokens=LENGTH)],
+    "etc": [dict(window=LENGTH, global_tokens=0), dict(window=1, global_tokens=LENGTH)],
 }
 
 
@@ -91,6 +91,16 @@ def test_longformer_is_band_plus_full_global_rows_and_columns():
     i, j = torch.meshgrid(torch.arange(LENGTH), torch.arange(LENGTH), indexing="ij")
     rest = (i >= 2) & (j >= 2)
     assert torch.equal(pattern[rest], ((i - j).abs() <= 3)[rest])
+
+
+def test_etc_is_longformers_function_with_etcs_defaults():
+    q, k, v, mask = random_heads(dtype=torch.float64)
+    etc = build("etc", window=5, global_tokens=3)
+    assert torch.equal(etc(q, k, v, mask), build("longformer", window=5, global_tokens=3)(q, k, v, mask))
+    defaults = build("etc")
+    assert (defaults.window, defaults.global_tokens) == (84, 16)
+    pattern = defaults.dense_pattern(300)[0]
+    assert pattern[:16].all() and pattern[:, :16].all() and pattern[100, 16:].sum() == 2 * 84 + 1
 
 
 def test_longformer_counts_a_global_key_once_when_also_in_the_window():
@@ -177,6 +187,7 @@ APPROXIMATING = {
     "sparse": dict(block=16, summary=1),
     "bigbird": dict(block=8, random_blocks=1),
     "longformer": dict(window=8, global_tokens=1),
+    "etc": dict(window=8, global_tokens=4),
 }
 
 
@@ -193,20 +204,6 @@ def test_beats_the_mean_of_values_where_attention_is_local(name):
 
 
 # -- efficiency and dropout ----------------------------------------------------------------------
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor created inside the mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        sizes = [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        self.largest = max([self.largest, *sizes])
-        return out
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

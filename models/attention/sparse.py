@@ -1,6 +1,6 @@
-"""Block-sparse attention: local window, Sparse Transformer, BigBird and Longformer.
+"""Block-sparse attention: local window, Sparse Transformer, BigBird, Longformer and ETC.
 
-The four share one engine, `block_sparse_attention`. The sequence is padded to whole blocks; each
+The five share one engine, `block_sparse_attention`. The sequence is padded to whole blocks; each
 query block gathers a fixed number of whole key blocks (listed by a `BlockLayout`) plus the global
 keys every query sees, and attends them under an exact token-level mask in one fused
 `scaled_dot_product_attention` call whose batch is the blocks; global queries attend to every key.
@@ -207,7 +207,7 @@ def _at_least(key: str, value: int, minimum: int) -> int:
 
 
 class BlockSparseAttention(Attention):
-    """Base of the four variants: a layout per number of blocks, cached, run by the shared engine."""
+    """Base of the variants: a layout per number of blocks, cached, run by the shared engine."""
 
     linear_memory = True
 
@@ -374,3 +374,19 @@ class LongformerAttention(LocalAttention):
         first = torch.arange(min(self.global_tokens, num_blocks * self.block))
         band = neighbour_blocks(num_blocks, 1)
         return make_layout(self.block, band, band=self.window, global_keys=first, global_queries=first)
+
+
+@dataclass
+class ETCAttentionConfig(LongformerAttentionConfig):
+    name: str = "etc"
+    window: int = 84
+    global_tokens: int = 16
+
+
+@register_attention(ETCAttentionConfig)
+class ETCAttention(LongformerAttention):
+    """ETC's global-local attention (Ainslie et al., 2020): global tokens attend to and are attended
+    by everything (g2g, g2l, l2g), the long input attends a local window (l2l). The same function as
+    Longformer's pattern, computed by it; ETC's global tokens are a separate global input, which the
+    shared encoder does not have, so here they are the first `global_tokens` positions (the CLS token
+    and the tokens after it), and the defaults are ETC's: a larger global set, a local radius of 84."""

@@ -1,0 +1,148 @@
+"""Routing attention (Roy et al., 2021, "Efficient Content-Based Sparse Attention with Routing
+Transformers"): queries attend the keys of their cluster, clusters found by online k-means.
+
+Each layer keeps c = ceil(max_len / window) unit-length centroids per head. Queries and keys are
+routed by their unit-length directions (the attention itself uses them unnormalised):
+
+- keys, balanced: every centroid takes its w = min(window, n) nearest real keys (a key may serve
+  several clusters or none), so every cluster has exactly w keys, n / c at the model's length;
+- queries: each goes to its nearest centroid and attends that cluster's w keys, so each query sees
+  w keys and the cost is n * w = O(n * n / c) whatever the clusters' sizes.
+
+w depends on the window and never on how much padding follows the real tokens (a cluster holds all
+real keys, or w of them, either way), so a padded sample gives its unpadded output.
+
+In training the centroids follow the routed vectors by an exponential moving average: each moves
+`1 - decay` of the way to the mean of the real queries and keys nearest to it, then is normalised
+(the paper's online k-means; its commitment loss is not used). With one centroid this is exact
+attention. Queries are laid out for the attention call in chunks of w, a cluster's queries filling
+whole chunks of their own: at most n / w + c chunks, so memory is O(n * w + max_len * d), linear in n.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from lra.config import AttentionConfig
+from models.attention import Attention, check_config, register_attention
+
+
+@dataclass
+class RoutingAttentionConfig(AttentionConfig):
+    name: str = "routing"
+    window: int = 64
+    decay: float = 0.999
+
+
+@register_attention(RoutingAttentionConfig)
+class RoutingAttention(Attention):
+    """Each query attends the w keys of its nearest centroid's balanced cluster."""
+
+    linear_memory = True
+
+    def __init__(self, config: RoutingAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
+        super().__init__()
+        check_config(config.window >= 1, "window", f"must be positive, got {config.window}")
+        check_config(0 <= config.decay < 1, "decay", f"must be in [0, 1), got {config.decay}")
+        self.window = config.window
+        self.decay = config.decay
+        self.dropout = config.dropout
+        clusters = math.ceil(max_len / config.window)
+        self.register_buffer("centroids", F.normalize(torch.randn(num_heads, clusters, head_dim), dim=-1))
+
+    @torch.no_grad()
+    def route(
+        self, q: torch.Tensor, k: torch.Tensor, real: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest centroid of every query (batch, heads, n) and the w keys of every cluster
+        (batch, heads, c, w), nearest first; in training, also the centroids' k-means update."""
+        with torch.autocast(q.device.type, enabled=False):
+            centroids = self.centroids.float()
+            queries, keys = (F.normalize(x.float(), dim=-1) for x in (q, k))
+            query_similarity = torch.einsum("bhnd,hcd->bhnc", queries, centroids)
+            key_similarity = torch.einsum("bhnd,hcd->bhcn", keys, centroids)
+            if real is not None:
+                key_similarity = key_similarity.masked_fill(~real[:, None, None, :], float("-inf"))
+            per_cluster = min(self.window, q.shape[2])
+            query_cluster = query_similarity.argmax(dim=-1)
+            cluster_keys = key_similarity.topk(per_cluster, dim=-1).indices
+            if self.training:
+                self.update_centroids(queries, query_cluster, keys, key_similarity.argmax(dim=2), real)
+        return query_cluster, cluster_keys
+
+    def update_centroids(
+        self, queries: torch.Tensor, query_cluster: torch.Tensor, keys: torch.Tensor, key_cluster: torch.Tensor,
+        real: Optional[torch.Tensor],
+    ) -> None:
+        """Move each centroid towards the mean of the real unit queries and keys nearest to it."""
+        vectors, assigned = torch.cat([queries, keys], dim=2), torch.cat([query_cluster, key_cluster], dim=2)
+        weights = F.one_hot(assigned, self.centroids.shape[1]).float()  # (batch, heads, 2n, c)
+        if real is not None:
+            weights = weights * real.repeat(1, 2)[:, None, :, None]
+        sums = torch.einsum("bhnc,bhnd->hcd", weights, vectors)
+        counts = weights.sum(dim=(0, 2))[..., None]
+        means = torch.where(counts > 0, sums / counts.clamp(min=1), self.centroids)
+        self.centroids.copy_(F.normalize(self.decay * self.centroids + (1 - self.decay) * means, dim=-1))
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        batch, heads, n, dim = q.shape
+        clusters = self.centroids.shape[1]
+        real = key_padding_mask
+        query_cluster, cluster_keys = self.route(q, k, real)
+        per_cluster = cluster_keys.shape[-1]
+        pairs = torch.arange(batch * heads, device=q.device).view(batch, heads, 1)  # (sample, head) index
+
+        # Each cluster's keys and values: (batch, heads, c, w, dim), and which of them are real.
+        rows = (pairs[..., None] * n + cluster_keys).flatten()
+        keys, values = (x.reshape(-1, dim)[rows].view(batch, heads, clusters, per_cluster, dim) for x in (k, v))
+
+        # Queries in chunks of w: cluster by cluster, each cluster starting a new chunk.
+        slot, chunk_cluster, chunks = chunk_slots(query_cluster, clusters, per_cluster)
+        query_rows = (pairs * chunks * per_cluster + slot).flatten()
+        chunked = q.new_zeros(batch * heads * chunks * per_cluster, dim).index_copy(0, query_rows, q.reshape(-1, dim))
+        chunked = chunked.view(batch, heads, chunks, per_cluster, dim)
+        cluster_rows = (pairs * clusters + chunk_cluster).flatten()  # the cluster of every chunk
+        chunk_keys, chunk_values = (
+            x.view(-1, per_cluster, dim)[cluster_rows].view(batch, heads, chunks, per_cluster, dim) for x in (keys, values)
+        )
+        mask = None
+        if real is not None:
+            key_real = real.gather(1, cluster_keys.flatten(1)).view(batch, heads * clusters, per_cluster)
+            key_real = key_real.view(-1, per_cluster)[cluster_rows].view(batch, heads, chunks, 1, per_cluster)
+            query_real = real.new_zeros(batch * heads * chunks * per_cluster).index_copy(
+                0, query_rows, real[:, None].expand(-1, heads, -1).flatten()
+            ).view(batch, heads, chunks, per_cluster, 1)
+            mask = (key_real | ~query_real).flatten(1, 2)  # padded (and empty) slots attend all: no empty row
+        out = F.scaled_dot_product_attention(
+            chunked.flatten(1, 2), chunk_keys.flatten(1, 2), chunk_values.flatten(1, 2),
+            attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+        )
+        return out.reshape(-1, dim)[query_rows].view(batch, heads, n, dim)
+
+
+def chunk_slots(query_cluster: torch.Tensor, clusters: int, size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where each query sits when the queries of each of `clusters` clusters fill whole chunks of
+    `size` of their own, in order of position: its slot (batch, heads, n), the cluster of every chunk
+    (batch, heads, chunks; 0 for an unused chunk) and the number of chunks, ceil(n / size) + clusters,
+    a bound that does not depend on the data."""
+    batch, heads, n = query_cluster.shape
+    chunks = math.ceil(n / size) + clusters
+    counts = torch.zeros(batch, heads, clusters, dtype=torch.long, device=query_cluster.device)
+    counts.scatter_add_(-1, query_cluster, torch.ones_like(query_cluster))
+    chunks_before = (counts + size - 1) // size
+    chunks_before = chunks_before.cumsum(dim=-1) - chunks_before  # first chunk of each cluster
+    order = query_cluster.argsort(dim=-1, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=order.device).expand_as(order))
+    queries_before = counts.cumsum(dim=-1) - counts
+    within = rank - queries_before.gather(-1, query_cluster)  # place of each query in its cluster
+    slot = chunks_before.gather(-1, query_cluster) * size + within
+    chunk_cluster = torch.zeros(batch, heads, chunks, dtype=torch.long, device=query_cluster.device)
+    chunk_cluster.scatter_(-1, slot // size, query_cluster)
+    return slot, chunk_cluster, chunks
