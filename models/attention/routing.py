@@ -16,7 +16,7 @@ In training the centroids follow the routed vectors by an exponential moving ave
 `1 - decay` of the way to the mean of the real queries and keys nearest to it, then is normalised
 (the paper's online k-means; its commitment loss is not used). With one centroid this is exact
 attention. Queries are laid out for the attention call in chunks of w, a cluster's queries filling
-whole chunks of their own: at most n / w + c chunks, so memory is O(n * w + max_len * d), linear in n.
+whole chunks of their own: at most n / w + c chunks, so memory is O((n + max_len) * w), linear in n.
 """
 
 from __future__ import annotations
@@ -81,11 +81,13 @@ class RoutingAttention(Attention):
     ) -> None:
         """Move each centroid towards the mean of the real unit queries and keys nearest to it."""
         vectors, assigned = torch.cat([queries, keys], dim=2), torch.cat([query_cluster, key_cluster], dim=2)
-        weights = F.one_hot(assigned, self.centroids.shape[1]).float()  # (batch, heads, 2n, c)
-        if real is not None:
-            weights = weights * real.repeat(1, 2)[:, None, :, None]
-        sums = torch.einsum("bhnc,bhnd->hcd", weights, vectors)
-        counts = weights.sum(dim=(0, 2))[..., None]
+        real = torch.ones_like(assigned, dtype=torch.bool) if real is None else real.repeat(1, 2)[:, None]
+        weight = real.expand_as(assigned).to(vectors.dtype)
+        clusters = self.centroids.shape[1]
+        sums = vectors.new_zeros(*assigned.shape[:2], clusters, vectors.shape[-1])
+        sums.scatter_add_(2, assigned[..., None].expand_as(vectors), vectors * weight[..., None])
+        counts = weight.new_zeros(*assigned.shape[:2], clusters).scatter_add_(2, assigned, weight)
+        sums, counts = sums.sum(dim=0), counts.sum(dim=0)[..., None]  # over the batch: (heads, c, ...)
         means = torch.where(counts > 0, sums / counts.clamp(min=1), self.centroids)
         self.centroids.copy_(F.normalize(self.decay * self.centroids + (1 - self.decay) * means, dim=-1))
 
@@ -99,29 +101,23 @@ class RoutingAttention(Attention):
         per_cluster = cluster_keys.shape[-1]
         pairs = torch.arange(batch * heads, device=q.device).view(batch, heads, 1)  # (sample, head) index
 
-        # Each cluster's keys and values: (batch, heads, c, w, dim), and which of them are real.
-        rows = (pairs[..., None] * n + cluster_keys).flatten()
-        keys, values = (x.reshape(-1, dim)[rows].view(batch, heads, clusters, per_cluster, dim) for x in (k, v))
-
-        # Queries in chunks of w: cluster by cluster, each cluster starting a new chunk.
+        # Queries in chunks of w: cluster by cluster, each cluster starting a new chunk; each chunk
+        # attends the keys of its cluster, chunk_keys (batch, heads, chunks, w).
         slot, chunk_cluster, chunks = chunk_slots(query_cluster, clusters, per_cluster)
+        chunk_keys = cluster_keys.gather(2, chunk_cluster[..., None].expand(-1, -1, -1, per_cluster))
+        key_rows = (pairs[..., None] * n + chunk_keys).flatten()
+        keys, values = (x.reshape(-1, dim)[key_rows].view(batch, heads * chunks, per_cluster, dim) for x in (k, v))
         query_rows = (pairs * chunks * per_cluster + slot).flatten()
-        chunked = q.new_zeros(batch * heads * chunks * per_cluster, dim).index_copy(0, query_rows, q.reshape(-1, dim))
-        chunked = chunked.view(batch, heads, chunks, per_cluster, dim)
-        cluster_rows = (pairs * clusters + chunk_cluster).flatten()  # the cluster of every chunk
-        chunk_keys, chunk_values = (
-            x.view(-1, per_cluster, dim)[cluster_rows].view(batch, heads, chunks, per_cluster, dim) for x in (keys, values)
-        )
+        queries = q.new_zeros(batch * heads * chunks * per_cluster, dim).index_copy(0, query_rows, q.reshape(-1, dim))
         mask = None
         if real is not None:
-            key_real = real.gather(1, cluster_keys.flatten(1)).view(batch, heads * clusters, per_cluster)
-            key_real = key_real.view(-1, per_cluster)[cluster_rows].view(batch, heads, chunks, 1, per_cluster)
+            key_real = real.gather(1, chunk_keys.flatten(1)).view(batch, heads, chunks, 1, per_cluster)
             query_real = real.new_zeros(batch * heads * chunks * per_cluster).index_copy(
                 0, query_rows, real[:, None].expand(-1, heads, -1).flatten()
             ).view(batch, heads, chunks, per_cluster, 1)
             mask = (key_real | ~query_real).flatten(1, 2)  # padded (and empty) slots attend all: no empty row
         out = F.scaled_dot_product_attention(
-            chunked.flatten(1, 2), chunk_keys.flatten(1, 2), chunk_values.flatten(1, 2),
+            queries.view(batch, heads * chunks, per_cluster, dim), keys, values,
             attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
         )
         return out.reshape(-1, dim)[query_rows].view(batch, heads, n, dim)
