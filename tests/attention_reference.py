@@ -1,4 +1,5 @@
-"""Exact attention written out independently of the modules under test, and test inputs for it."""
+"""Exact attention written out independently of the modules under test, test inputs for it, and a
+tracker of the largest tensor a computation creates."""
 
 from __future__ import annotations
 
