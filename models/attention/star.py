@@ -46,7 +46,7 @@ def star_keys(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     position_of.scatter_(1, torch.where(real, rank, n), position)
     last = (real.sum(dim=-1, keepdim=True) - 1).clamp(min=1)  # rank of the last satellite
     previous = position_of.gather(1, torch.where(rank <= 1, last, rank - 1))
-    following = position_of.gather(1, torch.where(rank >= last, 1, rank + 1).clamp(max=n - 1))
+    following = position_of.gather(1, torch.where(rank >= last, 1, rank + 1))
     previous = torch.where(real, previous, (position - 1).clamp(min=0))
     following = torch.where(real, following, (position + 1).clamp(max=n - 1))
     relay = position_of[:, :1].expand(batch, n)
