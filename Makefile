@@ -27,13 +27,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv: pinned torch first, then this project (editable) and its tools
 
-run: install ## the default CPU study: every variant trained on ListOps and Pathfinder, benched at 1K-4K; report in results/
+run: install ## the default CPU study: every variant trained on ListOps and Pathfinder, benched at 1K-4K, model-level techniques on ListOps; report in results/
 	rm -rf $(STUDY)
 	$(BIN)/lra-train -m experiment=default_study 'model=glob(*,exclude=full_math)' task=listops,pathfinder \
 		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
 		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/train
+	$(BIN)/lra-train -m experiment=default_study model=full,performer 'technique=glob(*)' task=listops \
+		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
+		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/techniques
+	$(BIN)/lra-train -m experiment=default_study model=local,performer task=listops \
+		distill.teacher=$$(ls -d $(STUDY)/train/full-sdpa_listops_*) \
+		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
+		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/distill
+	$(BIN)/lra-compress -m run=$$(ls -d $(STUDY)/train/full-sdpa_listops_* $(STUDY)/train/performer-*_listops_* | paste -sd, -) \
+		progress=false hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/compress
 	$(BIN)/lra-bench -m 'model=glob(*)' bench.min_run_time=0.5 bench.progress=false \
 		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench
+	$(BIN)/lra-bench -m model=full,performer technique=reversible bench.min_run_time=0.5 bench.progress=false \
+		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench-techniques
 	$(BIN)/lra-report runs=$(STUDY) out=results reference=lra_paper
 
 test: install ## run the fast test suite

@@ -7,6 +7,7 @@ run: `load` reports the bad file and returns the previous state. Loading never u
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -19,8 +20,9 @@ from lra.files import atomic_write
 
 log = logging.getLogger("lra.checkpoint")
 
-LAST = "last.pt"
-BEST = "best.pt"
+DIRECTORY = "checkpoints"  # a run directory's checkpoints, beside its records.jsonl
+LAST = "last.pt"  # the resumable state of a run
+BEST = "best.pt"  # the model weights of its best validation accuracy
 
 
 def previous(path: Path) -> Path:
@@ -36,6 +38,14 @@ def save(path: Path, state: dict[str, Any]) -> None:
     """
     _keep_previous(path)
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
+
+
+def saved_mb(state: dict[str, Any]) -> float:
+    """The size of `state` as `save` writes it, in MB: of a state dict, the weights' size on disk
+    (int8 weights take a quarter of fp32's, shared ones count once)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getbuffer().nbytes / 2**20
 
 
 def _keep_previous(path: Path) -> None:

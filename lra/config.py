@@ -37,7 +37,8 @@ class Positions(Choice):
 
 class Precision(Choice):
     fp32 = "fp32"
-    bf16 = "bf16"
+    bf16 = "bf16"  # autocast to bfloat16
+    fp16 = "fp16"  # autocast to float16, the loss scaled by a gradient scaler
 
 
 class Device(Choice):
@@ -65,6 +66,15 @@ class AttentionConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """Model-level structure, composable with every attention variant."""
+
+    share_layers: bool = False  # ALBERT: every layer runs one block's parameters
+    embed_dim: Optional[int] = None  # ALBERT: tokens embedded in this width, projected up to model.dim (None: dim)
+    reversible: bool = False  # Reformer: reversible residual blocks, activations recomputed in the backward pass
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     num_layers: int = MISSING
@@ -75,6 +85,7 @@ class ModelConfig:
     pooling: Pooling = Pooling.cls
     positions: Positions = Positions.sinusoidal
     attention: AttentionConfig = MISSING
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
 @dataclass
@@ -117,6 +128,7 @@ class TrainerConfig:
     eval_every: int = MISSING
     eval_batches: Optional[int] = None
     checkpoint_every: int = MISSING
+    accumulate: int = 1  # micro-batches of batch_size per optimizer step (effective batch: batch_size * accumulate)
     log_every: int = 10
     progress: bool = True
 
@@ -135,7 +147,16 @@ class HardwareConfig:
 
 
 @dataclass
-class TrainConfig:
+class DistillConfig:
+    teacher: Optional[str] = None  # a finished lra-train run directory of the same task: its best checkpoint teaches
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
+
+
+@dataclass
+class RunConfig:
+    """What lra-train and lra-bench both compose: the model, task and hardware, and how it trains."""
+
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
     hardware: HardwareConfig = MISSING
@@ -144,6 +165,11 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     seed: int = 0
     force: bool = False  # run again even if the run directory holds this config's finished records
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -158,10 +184,25 @@ class BenchSettings:
 
 
 @dataclass
-class BenchConfig(TrainConfig):
+class BenchConfig(RunConfig):
     """lra-bench composes what lra-train does (model, task, hardware) and adds its own settings."""
 
     bench: BenchSettings = field(default_factory=BenchSettings)
+
+
+@dataclass
+class CompressConfig:
+    """lra-compress: post-training compression of one finished lra-train run."""
+
+    run: str = MISSING
+    quantize: bool = True
+    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
+    finetune_steps: int = 50
+    finetune_lr: float = 1e-4
+    batch_size: int = 32
+    min_run_time: float = 1.0
+    progress: bool = True
+    force: bool = False
 
 
 @dataclass
@@ -173,4 +214,5 @@ class ReportConfig:
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
+ConfigStore.instance().store(name="compress_schema", node=CompressConfig)
 ConfigStore.instance().store(name="report_schema", node=ReportConfig)

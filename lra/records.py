@@ -20,7 +20,7 @@ from lra.config import CONF_DIR
 from lra.errors import LRAError
 from lra.files import atomic_write
 
-SCHEMA = 1
+SCHEMA = 2  # 2: techniques, precision and compression (schema 1 records read as none, fp32, none)
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # Keys that change how a run is shown, not what it computes; left out of the config hash.
@@ -84,6 +84,24 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def techniques(cfg: DictConfig) -> list[str]:
+    """The model-level techniques `cfg` applies besides its attention, as the report names them
+    (its rows read `<model> + <technique> + ...`); precision is a field of its own."""
+    encoder = cfg.model.encoder
+    names = []
+    if encoder.share_layers:
+        names.append("shared layers")
+    if encoder.embed_dim is not None:
+        names.append(f"embed {encoder.embed_dim}")
+    if encoder.reversible:
+        names.append("reversible")
+    if cfg.trainer.accumulate > 1:
+        names.append(f"accumulate {cfg.trainer.accumulate}")
+    if "distill" in cfg and cfg.distill.teacher is not None:
+        names.append("distilled")
+    return names
+
+
 def make_record(
     cfg: DictConfig,
     *,
@@ -95,14 +113,19 @@ def make_record(
     device: torch.device,
     wall_s: float,
     error: str | None = None,
+    compression: str | None = None,
 ) -> dict[str, Any]:
-    """One measurement in the DESIGN.md schema."""
+    """One measurement in the DESIGN.md schema; `compression`: what lra-compress did to the trained
+    model measured (e.g. "int8", "pruned 50%"), None for the model as trained."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
     return {
         "schema": SCHEMA,
         "kind": kind,
         "model": cfg.model.name,
+        "techniques": techniques(cfg),
+        "precision": str(cfg.hardware.precision),
+        "compression": compression,
         "task": cfg.task.name,
         "hardware": cfg.hardware.name,
         "seed": cfg.seed,

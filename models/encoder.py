@@ -2,6 +2,13 @@
 
 Token embedding, positions, pre-norm blocks (attention from the registry, then a GELU MLP), final
 norm, CLS or mean pooling, and LRA's classifier head (dense, ReLU, dense).
+
+Model-level techniques (model.encoder), each composable with every attention variant:
+- share_layers (ALBERT): every layer runs the parameters of one block;
+- embed_dim (ALBERT): tokens embedded in a narrower width, projected up to model.dim (the
+  positions are added after the projection, at model.dim);
+- reversible (Reformer): reversible residual layers (models/reversible.py), two streams whose
+  mean goes to the final norm; training memory no longer grows with depth.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from lra.config import Pooling, Positions
 from lra.errors import LRAError
 from lra.registry import config_fields
 from models.attention import build_attention
+from models.reversible import reversible
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -52,18 +60,29 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention sub-layer's update of the residual stream."""
         batch, length, dim = x.shape
         projected = self.qkv(self.norm1(x)).view(batch, length, self.projections, self.num_heads, dim // self.num_heads)
         q, *kv = projected.permute(2, 0, 3, 1, 4)
         k, v = (q, *kv) if self.attn.shared_qk else kv
         heads = self.attn(q, k, v, key_padding_mask=key_padding_mask)
-        x = x + self.dropout(self.proj(heads.transpose(1, 2).reshape(batch, length, dim)))
-        return x + self.dropout(self.mlp(self.norm2(x)))
+        return self.dropout(self.proj(heads.transpose(1, 2).reshape(batch, length, dim)))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP sub-layer's update of the residual stream."""
+        return self.dropout(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attend(x, key_padding_mask)
+        return x + self.feed_forward(x)
 
 
 def check_model_config(cfg: DictConfig, max_len: int) -> None:
     """Fail at once, before any data is loaded, on a model config whose blocks cannot be built."""
+    embed_dim = cfg.encoder.embed_dim
+    if embed_dim is not None and not 1 <= embed_dim <= cfg.dim:
+        raise LRAError(f"model.encoder.embed_dim: must be between 1 and model.dim={cfg.dim}, got {embed_dim}")
     Block(cfg, max_len)
 
 
@@ -75,29 +94,43 @@ class Encoder(nn.Module):
         self.pooling = Pooling(cfg.pooling)
         self.max_len = max_len
         seq_len = max_len + (self.pooling is Pooling.cls)
-        self.embed = nn.Embedding(vocab_size, cfg.dim)
+        embed_dim = cfg.encoder.embed_dim or cfg.dim
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.embed_up = nn.Linear(embed_dim, cfg.dim, bias=False) if cfg.encoder.embed_dim is not None else None
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if self.pooling is Pooling.cls else None
         if Positions(cfg.positions) is Positions.learned:
             self.positions = nn.Parameter(torch.randn(seq_len, cfg.dim) * 0.02)
         else:
             self.register_buffer("positions", sinusoidal_positions(seq_len, cfg.dim), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.num_layers))
+        blocks = 1 if cfg.encoder.share_layers else cfg.num_layers
+        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(blocks))
+        self.num_layers = cfg.num_layers
+        self.reversible = cfg.encoder.reversible
         self.norm = nn.LayerNorm(cfg.dim)
+
+    def layers(self) -> list[Block]:
+        """The block of every layer, in order (one block num_layers times when they are shared)."""
+        return [self.blocks[i % len(self.blocks)] for i in range(self.num_layers)]
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """`mask`: True at real tokens; None when none is padding."""
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's max_len {self.max_len}")
         x = self.embed(tokens)
+        if self.embed_up is not None:
+            x = self.embed_up(x)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
             mask = None if mask is None else torch.cat([mask.new_ones(len(mask), 1), mask], dim=1)
         x = self.dropout(x + self.positions[: x.shape[1]])
         # No mask when nothing is padded: CUDA's fastest fused kernels take no explicit mask.
         key_padding_mask = None if mask is None or bool(mask.all()) else mask
-        for block in self.blocks:
-            x = block(x, key_padding_mask)
+        if self.reversible:
+            x = reversible(self.layers(), x, key_padding_mask)
+        else:
+            for block in self.layers():
+                x = block(x, key_padding_mask)
         x = self.norm(x)
         if self.cls is not None:
             return x[:, 0]

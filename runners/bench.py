@@ -46,7 +46,7 @@ from lra.optim import build_optimizer, build_scheduler
 from lra.records import make_record, write_records
 from lra.worker import WorkerDied, WorkerError, run_isolated
 from models.encoder import Classifier, check_model_config
-from runners.train import Trainee, autocast, setup_device, train_step
+from runners.train import DTYPES, Trainee, autocast, setup_device, train_step
 from tasks import task_config
 
 PROG = "lra-bench"
@@ -241,8 +241,7 @@ def bench(cfg: DictConfig, run_dir: Path, previous: list[dict[str, Any]] = ()) -
     points are not measured again."""
     check_bench_config(cfg)
     device = setup_device(cfg.hardware)
-    dtype = torch.bfloat16 if Precision(cfg.hardware.precision) is Precision.bf16 else torch.float32
-    matmul = matmul_tflops(device, dtype)
+    matmul = matmul_tflops(device, DTYPES[Precision(cfg.hardware.precision)])
     kept = {(r["seq_len"], r["metrics"]["mode"]): r for r in previous if r["status"] != "failed"}
     out_of_memory_at: dict[BenchMode, int] = {}
     records: list[dict[str, Any]] = []
@@ -254,6 +253,7 @@ def bench(cfg: DictConfig, run_dir: Path, previous: list[dict[str, Any]] = ()) -
             records.append(kept[length, mode.value])
             if records[-1]["status"] == "oom":
                 out_of_memory_at[mode] = length
+            write_records(run_dir, records)  # the file always holds every record up to here
             continue
         if mode in out_of_memory_at:
             outcome = Outcome("skipped", {"mode": mode.value}, f"skipped: out of memory at {out_of_memory_at[mode]} tokens")

@@ -26,7 +26,6 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -46,14 +45,15 @@ from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record, resolved, write_records
 from models.attention import Attention
 from models.encoder import Classifier, check_model_config
+from runners.distill import Objective, cross_entropy, objective
 from tasks import load_task, task_config
 from tasks.batching import SequenceDataset, StepBatches, TaskData, pad_batch
 
 PROG = "lra-train"
 log = logging.getLogger("lra.train")
-CHECKPOINTS, TENSORBOARD = "checkpoints", "tensorboard"  # in the run directory, beside records.jsonl
-LAST = Path(CHECKPOINTS) / checkpoint.LAST  # resumable state, relative to the run directory
-BEST = Path(CHECKPOINTS) / checkpoint.BEST  # model weights of the best validation accuracy
+TENSORBOARD = "tensorboard"  # in the run directory, beside records.jsonl
+LAST = Path(checkpoint.DIRECTORY) / checkpoint.LAST  # relative to the run directory
+BEST = Path(checkpoint.DIRECTORY) / checkpoint.BEST
 
 
 @dataclass
@@ -67,10 +67,15 @@ class RunState:
     tokens: int = 0
     peak_memory_mb: float | None = None
     memory_measure: str | None = None
-    recent_losses: list[float] = field(default_factory=list)  # the last trainer.log_every losses
+    # the last trainer.log_every losses ("loss") and the terms of the objective, if it names any
+    recent_losses: dict[str, list[float]] = field(default_factory=dict)
 
-    def train_loss(self) -> float | None:
-        return float(np.mean(self.recent_losses)) if self.recent_losses else None
+    def train_loss(self, term: str = "loss") -> float | None:
+        return float(np.mean(self.recent_losses[term])) if self.recent_losses.get(term) else None
+
+    def add_losses(self, losses: dict[str, float], keep: int) -> None:
+        for term, value in losses.items():
+            self.recent_losses[term] = (self.recent_losses.get(term, []) + [value])[-keep:]
 
 
 @dataclass
@@ -81,7 +86,10 @@ class Trainee:
     forward: torch.nn.Module  # the model, or its torch.compile'd form
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    synced: torch.nn.Module | None = None  # `forward` in DistributedDataParallel, for steps across processes
+    synced: DistributedDataParallel | None = None  # `forward` in DistributedDataParallel, for steps across processes
+    objective: Objective = cross_entropy
+    # Scales the loss of fp16 steps (gradients too small for fp16 would vanish); disabled otherwise.
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
     attention: list[Attention] = field(init=False)  # the model's attention layers, told of every step
 
     def __post_init__(self) -> None:
@@ -105,27 +113,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+
+
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision is Precision.bf16)
+    """Mixed precision as the profile says: parameters, optimizer state and the loss stay fp32."""
+    return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision is not Precision.fp32)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device) -> float:
-    """Accuracy on `dataset` (its first trainer.eval_batches batches, when set), the examples
-    dealt out over the processes of a distributed run."""
+def predict(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels of this process's share of `dataset` (its first
+    trainer.eval_batches batches, when set), the examples dealt out over the processes."""
     model.eval()
     size = len(dataset)
     if cfg.trainer.eval_batches is not None:
         size = min(size, cfg.trainer.eval_batches * cfg.trainer.batch_size)
     shard = Subset(dataset, range(distributed.rank(), size, distributed.world_size()))
     loader = DataLoader(shard, batch_size=cfg.trainer.batch_size, collate_fn=pad_batch)
-    correct = total = 0
+    predicted, true = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]  # a share may be empty
     for tokens, mask, labels in loader:
         with autocast(device, Precision(cfg.hardware.precision)):
             logits = model(tokens.to(device), mask.to(device))
-        correct += int((logits.argmax(-1).cpu() == labels).sum())
-        total += len(labels)
-    correct, total = distributed.all_sum([correct, total], device)
+        predicted.append(logits.argmax(-1).cpu())
+        true.append(labels)
+    return torch.cat(predicted), torch.cat(true)
+
+
+def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device) -> float:
+    """Accuracy on `dataset` (see `predict`), over every process's share."""
+    predicted, labels = predict(model, dataset, cfg, device)
+    correct, total = distributed.all_sum([int((predicted == labels).sum()), len(labels)], device)
     return correct / total
 
 
@@ -142,6 +161,7 @@ def restore(path: Path, run_hash: str, trainee: Trainee) -> RunState:
     trainee.model.load_state_dict(saved["model"])
     trainee.optimizer.load_state_dict(saved["optimizer"])
     trainee.scheduler.load_state_dict(saved["scheduler"])
+    trainee.scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["rng_cpu"])
     if "rng_cuda" in saved and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng_cuda"])
@@ -156,6 +176,7 @@ def save_last(path: Path, state: RunState, trainee: Trainee) -> None:
         "model": trainee.model.state_dict(),
         "optimizer": trainee.optimizer.state_dict(),
         "scheduler": trainee.scheduler.state_dict(),
+        "scaler": trainee.scaler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -182,20 +203,39 @@ def log_hparams(writer: SummaryWriter, cfg: DictConfig, metrics: dict[str, float
         writer.add_scalar(tag, value)
 
 
-def train_step(trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfig, device: torch.device) -> torch.Tensor:
-    """One optimisation step (forward, backward, clip, update); returns the loss before the update."""
+def train_step(
+    trainee: Trainee, batch: tuple[torch.Tensor, ...], cfg: DictConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """One optimisation step (forward and backward of trainer.accumulate micro-batches, clip, update).
+
+    The micro-batches' gradients add up to the gradient of the whole batch's mean loss. Returns
+    the mean loss before the update ("loss") and the objective's terms.
+    """
     tokens, mask, labels = (t.to(device) for t in batch)
     trainee.model.train()
-    with autocast(device, Precision(cfg.hardware.precision)):
-        loss = F.cross_entropy((trainee.synced or trainee.forward)(tokens, mask).float(), labels)
     trainee.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    forward = trainee.synced or trainee.forward
+    micro_batches = list(zip(*(t.chunk(cfg.trainer.accumulate) for t in (tokens, mask, labels))))
+    losses: dict[str, torch.Tensor] = {}
+    for number, (micro_tokens, micro_mask, micro_labels) in enumerate(micro_batches, start=1):
+        share = len(micro_labels) / len(labels)
+        # across processes, gradients are summed once, after the last micro-batch
+        last = trainee.synced is None or number == len(micro_batches)
+        with nullcontext() if last else trainee.synced.no_sync():
+            with autocast(device, Precision(cfg.hardware.precision)):
+                logits = forward(micro_tokens, micro_mask)
+            loss, terms = trainee.objective(logits, micro_labels, micro_tokens, micro_mask)
+            trainee.scaler.scale(loss * share).backward()
+        for term, value in {"loss": loss.detach(), **terms}.items():
+            losses[term] = losses.get(term, 0) + value * share
+    trainee.scaler.unscale_(trainee.optimizer)
     if cfg.optimizer.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optimizer.grad_clip)
-    trainee.optimizer.step()
+    trainee.scaler.step(trainee.optimizer)
+    trainee.scaler.update()
     for attention in trainee.attention:  # eager, outside any compiled region
         attention.on_train_step()
-    return loss
+    return losses
 
 
 def fit(
@@ -206,7 +246,7 @@ def fit(
 
     Returns None, or the one-line reason the loss diverged. `writer`: rank 0's alone.
     """
-    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps,
+    batches = StepBatches(len(data.train), effective_batch(cfg), cfg.seed, state.step, cfg.trainer.max_steps,
                           shard=distributed.rank(), shards=distributed.world_size())
     loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
         data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
@@ -222,11 +262,12 @@ def fit(
         for batch in loader:
             measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
             with peak_memory(device, cap) if measure or cap else nullcontext() as memory:
-                loss = train_step(trainee, batch, cfg, device).item()
-            # the whole batch's: every process's mean loss (equal shares), and real tokens of both
+                losses = {term: value.item() for term, value in train_step(trainee, batch, cfg, device).items()}
+            # the whole batch's: every process's mean losses (equal shares), and real tokens of both
             # documents of a two-tower task
-            loss, tokens = distributed.all_sum([loss, float(batch[1].sum())], device)
-            loss /= distributed.world_size()
+            *summed, tokens = distributed.all_sum([*losses.values(), float(batch[1].sum())], device)
+            losses = {term: value / distributed.world_size() for term, value in zip(losses, summed)}
+            loss = losses["loss"]
             if measure:
                 state.peak_memory_mb, state.memory_measure = round(memory.mb, 3), memory.measure
             if not np.isfinite(loss):
@@ -235,10 +276,12 @@ def fit(
             state.step += 1
             state.tokens += int(tokens)
             state.train_seconds += time.perf_counter() - tick
-            state.recent_losses = (state.recent_losses + [loss])[-cfg.trainer.log_every :]
+            state.add_losses(losses, cfg.trainer.log_every)
             bar.update(1)
             if state.step % cfg.trainer.log_every == 0 and writer is not None:
-                writer.add_scalar("train/loss", state.train_loss(), state.step)
+                for term in state.recent_losses:
+                    writer.add_scalar("train/loss" if term == "loss" else f"train/loss_{term}", state.train_loss(term),
+                                      state.step)
                 writer.add_scalar("train/lr", trainee.scheduler.get_last_lr()[0], state.step)
                 writer.add_scalar("train/steps_per_s", state.step / state.train_seconds, state.step)
                 writer.add_scalar("train/tokens_per_s", state.tokens / state.train_seconds, state.step)
@@ -259,12 +302,21 @@ def fit(
     return None
 
 
+def effective_batch(cfg: DictConfig) -> int:
+    """Examples per optimizer step: trainer.accumulate micro-batches of trainer.batch_size."""
+    if cfg.trainer.accumulate < 1:
+        raise LRAError(f"trainer.accumulate: must be at least 1, got {cfg.trainer.accumulate}")
+    return cfg.trainer.batch_size * cfg.trainer.accumulate
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate, test the best checkpoint; write and return the job's record."""
     started = time.perf_counter()
     check_model_config(cfg.model, cfg.task.max_len)
+    batch_size = effective_batch(cfg)
     device = setup_device(cfg.hardware)
     seed_everything(cfg.seed)
+    loss, teacher = objective(cfg, device)
     data = load_task(cfg.task, cfg.data, progress=cfg.trainer.progress)
     task = task_config(cfg.task)
     model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len, task.towers).to(device)
@@ -277,16 +329,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         scheduler=build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps),
         synced=DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
         if distributed.world_size() > 1 else None,
+        objective=loss,
+        scaler=torch.amp.GradScaler(device.type, enabled=Precision(cfg.hardware.precision) is Precision.fp16),
     )
     state = restore(run_dir / LAST, config_hash(cfg), trainee)
     writes = distributed.is_main()  # records, checkpoints and TensorBoard: rank 0's alone
     with SummaryWriter(str(run_dir / TENSORBOARD)) if writes else nullcontext() as writer:
         diverged = fit(trainee, data, cfg, device, run_dir, state, writer)
-        metrics: dict[str, Any] = {"steps": state.step, "train_loss": state.train_loss(),
-                                   "processes": distributed.world_size()}
+        metrics: dict[str, Any] = {
+            "steps": state.step, "processes": distributed.world_size(), "micro_batch_size": cfg.trainer.batch_size,
+            "accumulate": cfg.trainer.accumulate, **teacher,
+            **{"train_loss" if term == "loss" else f"train_loss_{term}": state.train_loss(term)
+               for term in state.recent_losses or ["loss"]},
+        }
         if diverged is None:
             distributed.barrier()  # rank 0 has written the best checkpoint
-            model.load_state_dict(checkpoint.load(run_dir / BEST)["model"])
+            best = checkpoint.load(run_dir / BEST)["model"]
+            model.load_state_dict(best)
+            metrics["weights_mb"] = checkpoint.saved_mb(best)
             metrics["test_accuracy"] = evaluate(model, data.test, cfg, device)
             metrics["val_accuracy"] = state.best_val
             metrics["test_majority_rate"] = data.test.majority_rate()
@@ -301,8 +361,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["memory_measure"] = state.memory_measure
     record = make_record(
         cfg, kind="train", status="ok" if diverged is None else "diverged", error=diverged, metrics=metrics,
-        seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, device=device,
-        wall_s=time.perf_counter() - started,
+        seq_len=cfg.task.max_len, batch_size=batch_size, device=device, wall_s=time.perf_counter() - started,
     )
     if writes:
         path = write_records(run_dir, [record])
@@ -314,7 +373,8 @@ def failed_record(cfg: DictConfig, status: str, error: str, wall_s: float) -> di
     """The record of a job that raised (status failed, or oom)."""
     return make_record(
         cfg, kind="train", status=status, error=error, metrics={}, seq_len=cfg.task.max_len,
-        batch_size=cfg.trainer.batch_size, device=torch.device(Device(cfg.hardware.device).value), wall_s=wall_s,
+        batch_size=cfg.trainer.batch_size * cfg.trainer.accumulate,
+        device=torch.device(Device(cfg.hardware.device).value), wall_s=wall_s,
     )
 
 
@@ -332,7 +392,7 @@ def main(cfg: DictConfig) -> None:
         [record] = run_job(
             cfg, run_dir, expected=1, work=lambda previous: [train(cfg, run_dir)],
             failure=lambda status, error: [failed_record(cfg, status, error, time.perf_counter() - started)],
-            outputs=(CHECKPOINTS, TENSORBOARD), isolate=sweep,
+            outputs=(checkpoint.DIRECTORY, TENSORBOARD), isolate=sweep,
         )
     if record["status"] != "ok" and not sweep:
         sys.exit(1)

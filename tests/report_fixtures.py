@@ -1,4 +1,8 @@
-"""Hand-made run records in the DESIGN.md schema, for the report and notebook tests."""
+"""Hand-made run records in the DESIGN.md schema, for the report and notebook tests.
+
+Records are of schema 1 (no techniques, precision or compression fields, as older runs wrote them)
+unless one of those fields is given; then of schema 2, with the others at their defaults.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,15 @@ import json
 from pathlib import Path
 
 
-def record(kind: str, model: str, task: str, status: str, metrics: dict, **fields) -> dict:
+def record(kind: str, model: str, task: str, status: str, metrics: dict, *, techniques: list[str] | None = None,
+           precision: str | None = None, compression: str | None = None, **fields) -> dict:
     """One record; `fields` override the top-level defaults (hardware cpu, seed 0, batch 32)."""
+    schema_2 = {"schema": 2, "techniques": techniques or [], "precision": precision or "fp32",
+                "compression": compression}
+    given = techniques is not None or precision is not None or compression is not None
     return {
-        "schema": 1, "kind": kind, "model": model, "task": task, "hardware": "cpu", "seed": 0, "seq_len": 128,
+        "schema": 1, **(schema_2 if given else {}), "kind": kind, "model": model, "task": task, "hardware": "cpu",
+        "seed": 0, "seq_len": 128,
         "batch_size": 32, "status": status, "error": None if status == "ok" else "boom", "metrics": metrics,
         "config": {"model": {"dim": 8}}, "config_hash": "0" * 16, "env": {"device": "cpu"}, "wall_s": 1.0, **fields,
     }
@@ -27,13 +36,34 @@ def train(model: str, task: str, accuracy: float | None, seed: int = 0, status: 
 
 
 def bench(model: str, seq_len: int, steps: float | None = None, memory: float | None = None, status: str = "ok",
-          mode: str = "train", task: str = "text", **metrics) -> dict:
+          mode: str = "train", task: str = "text", techniques: list[str] | None = None, precision: str | None = None,
+          **metrics) -> dict:
     """One bench measurement; a non-ok one carries only its mode, as lra-bench writes it."""
+    fields = {"seq_len": seq_len, "techniques": techniques, "precision": precision}
     if status != "ok":
-        return record("bench", model, task, status, {"mode": mode}, seq_len=seq_len)
+        return record("bench", model, task, status, {"mode": mode}, **fields)
     figures = {"mode": mode, "steps_per_s": steps, "tokens_per_s": steps * 32 * seq_len, "peak_memory_mb": memory,
                "memory_measure": "live_tensor_bytes", **metrics}
-    return record("bench", model, task, status, figures, seq_len=seq_len)
+    return record("bench", model, task, status, figures, **fields)
+
+
+def compress(model: str, task: str, compression: str | None, accuracy: float | None, *, steps: float = 40.0,
+             memory: float = 2.0, weights: float = 1.0, sparsity: float = 0.0, finetune_steps: int = 20,
+             seed: int = 0, status: str = "ok", techniques: list[str] | None = None, precision: str | None = None,
+             **fields) -> dict:
+    """One lra-compress measurement of a trained `model`: the float model as trained (compression
+    None) or a compressed one (`int8`, `pruned 50%`: then fine-tuned for `finetune_steps`); a failed
+    one (accuracy None) carries no metrics."""
+    labels = {"techniques": techniques or [], "precision": precision or "fp32", "compression": compression}
+    if accuracy is None:
+        return record("compress", model, task, "failed" if status == "ok" else status, {}, seed=seed, **labels,
+                      **fields)
+    metrics = {"test_accuracy": accuracy, "val_accuracy": accuracy, "test_majority_rate": 0.14 if task == "listops"
+               else 0.5, "infer_steps_per_s": steps, "infer_tokens_per_s": steps * 32 * 128,
+               "infer_peak_memory_mb": memory, "memory_measure": "live_tensor_bytes", "weights_mb": weights,
+               "sparsity": sparsity, "prediction_agreement": 1.0 if compression is None else 0.95,
+               **({"finetune_steps": finetune_steps} if str(compression).startswith("pruned") else {})}
+    return record("compress", model, task, status, metrics, seed=seed, **labels, **fields)
 
 
 def write(directory: Path, *records: dict) -> Path:
@@ -44,11 +74,16 @@ def write(directory: Path, *records: dict) -> Path:
 
 
 def sample_runs(runs: Path) -> Path:
-    """A small sweep of each kind: three models trained on two tasks, and a bench of four models at
-    three lengths in which plain full attention runs out of memory at the longest."""
+    """A small sweep of each kind: three models trained on two tasks, fused attention also with
+    reversible layers on ListOps, a bench of four models at three lengths in which plain full
+    attention runs out of memory at the longest, and lra-compress of fused attention on ListOps."""
     write(runs / "train" / "a", train("full-math", "listops", 0.40), train("full-math", "text", 0.60))
     write(runs / "train" / "b", train("full-sdpa", "listops", 0.41), train("full-sdpa", "text", 0.62))
     write(runs / "train" / "c", train("linformer", "listops", 0.30), train("linformer", "text", 0.55))
+    write(runs / "techniques" / "a", train("full-sdpa", "listops", 0.43, techniques=["reversible"]))
+    write(runs / "compress" / "b", compress("full-sdpa", "listops", None, 0.41),
+          compress("full-sdpa", "listops", "int8", 0.40, steps=60.0, memory=1.0, weights=0.25),
+          compress("full-sdpa", "listops", "pruned 50%", 0.38, sparsity=0.5))
     write(runs / "bench", *[
         bench(model, length, steps=speed / length, memory=length * size, matmul_tflops=0.5,
               **({"tflops": 0.1} if model.startswith("full") else {}))

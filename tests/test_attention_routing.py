@@ -55,6 +55,8 @@ def test_online_kmeans_moves_centroids_to_the_mean_of_their_real_vectors():
     attn = build(window=8, decay=0.75).train()
     before = attn.centroids.clone()
     query_cluster, _ = attn.route(q, k, mask)
+    assert torch.equal(attn.centroids, before)  # a forward only collects; the update follows the optimizer step
+    attn.on_train_step()
     vectors = F.normalize(torch.cat([q, k], dim=2), dim=-1)
     similarity = torch.einsum("bhnd,hcd->bhnc", vectors, before)
     assigned = similarity.argmax(-1)
@@ -70,7 +72,9 @@ def test_online_kmeans_moves_centroids_to_the_mean_of_their_real_vectors():
     noisy = [torch.where(mask[:, None, :, None], x, 50 * torch.randn_like(x)) for x in (q, k)]
     again = build(window=8, decay=0.75).train()
     again.centroids.copy_(before)
-    again.route(*noisy, mask)
+    for part in (slice(0, 1), slice(1, None)):  # two micro-batches of one step: one update
+        again.route(*(x[part] for x in noisy), mask[part])
+    again.on_train_step()
     assert torch.allclose(again.centroids, attn.centroids, atol=1e-12)
     frozen = attn.centroids.clone()
     attn.eval()(q, k, q, mask)
@@ -115,6 +119,7 @@ def test_online_kmeans_finds_the_clusters_from_a_random_start():
     start = fit()
     for _ in range(10):
         attn.route(q, q, None)
+        attn.on_train_step()
     assert start < 0.6 and fit() > 0.8, (start, fit())
 
 

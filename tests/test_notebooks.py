@@ -29,7 +29,8 @@ def outputs(notebook: nbformat.NotebookNode) -> dict[str, str]:
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("leaderboard", {"text/html": ["linformer", "Transformer (LRA paper)", "41.00"], "image/png": ["image"]}),
+        ("leaderboard", {"text/html": ["linformer", "Transformer (LRA paper)", "41.00", "Model-level techniques",
+                                       "full-sdpa + int8"], "image/png": ["image"]}),
         ("scaling", {"text/html": ["from 1024", "local"], "image/png": ["image image"]}),
     ],
 )

@@ -189,7 +189,7 @@ def test_write_report_files_embed_the_plots_and_the_csv_holds_every_cell(tmp_pat
     assert not list((tmp_path / "out").glob("**/.*.tmp"))
 
     tidy = pd.read_csv(paths["leaderboard.csv"])
-    assert set(tidy["table"]) == {"accuracy", "efficiency", "crossover"}
+    assert set(tidy["table"]) == {"accuracy", "efficiency", "crossover", "techniques", "sparsity"}
     cell = tidy[(tidy["model"] == "linformer") & (tidy["seq_len"] == 2048) & (tidy["metric"] == "speed_vs_fused")]
     assert cell["value"].item() == pytest.approx(0.75)
     oom = tidy[(tidy["model"] == "full-math") & (tidy["seq_len"] == 4096)]

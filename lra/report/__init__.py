@@ -6,6 +6,7 @@ Reads records only (pandas, matplotlib); never imports the models, tasks or runn
     write_report(records, Path("results"), reference="lra_paper")   # every file at once
     summary = summarise(records, reference="lra_paper")             # or piece by piece
     accuracy_tables(summary.accuracy); efficiency_tables(summary.efficiency, group); ...
+    techniques_tables(summary.techniques, summary.sparsity)
 """
 
 from lra.report.accuracy import accuracy_tables
@@ -18,9 +19,10 @@ from lra.report.reference import known_references, load_reference
 from lra.report.render import write_report
 from lra.report.summary import Summary, summarise
 from lra.report.table import Table
+from lra.report.techniques import techniques_tables
 
 __all__ = [
     "FUSED", "PLAIN", "Group", "Summary", "Table", "accuracy_tables", "bubble_plot", "crossover_table",
     "efficiency_tables", "groups", "known_references", "load_records", "load_reference", "scaling_plot",
-    "summarise", "write_report",
+    "summarise", "techniques_tables", "write_report",
 ]

@@ -1,7 +1,9 @@
 """Accuracy in the format of LRA's Table 1: rows are models, columns tasks, one table per hardware.
 
-Cells hold test accuracy % over seeds; `avg` is recomputed over the tasks where at least one of
-our rows has a number, for every row alike; chance level and published rows sit beside ours.
+Rows are the trained models and the compressed ones of lra-compress (int8, pruned); its
+measurements of a model as trained are no row of their own, that model's training runs are. Cells
+hold test accuracy % over seeds; `avg` is recomputed over the tasks where at least one of our rows
+has a number, for every row alike; chance level and published rows sit beside ours.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ COLUMNS = ["hardware", "source", "model", "task", "value", "std", "n", "failed",
 def accuracy_cells(records: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """Test accuracy % per hardware, model and task (mean, sample std, n over seeds); the
     majority-class rate per task; the published rows of `reference`; every row's `avg`."""
-    train = records[records["kind"] == "train"]
-    if train.empty:
+    tested = records[records["kind"].eq("train") | (records["kind"].eq("compress") & records["compression"].notna())]
+    if tested.empty:
         return pd.DataFrame(columns=COLUMNS)
     figures = {"value": ("test_accuracy", "mean"), "std": ("test_accuracy", "std"),
                "majority": ("test_majority_rate", "mean")}
-    ours = sort_models(aggregate(train, ["hardware", "task", "model"], figures))
+    ours = sort_models(aggregate(tested, ["hardware", "task", "model"], figures))
     ours[["value", "std", "majority"]] *= 100
     chance = (ours.groupby(["hardware", "task"], sort=False)["majority"].mean().dropna().rename("value")
               .reset_index().assign(source=CHANCE, model=MAJORITY, status="ok"))
@@ -93,7 +95,8 @@ def accuracy_notes(table: pd.DataFrame) -> list[str]:
     complete = avg[avg["status"] == "ok"]
     if not complete.empty:
         notes.append(f"avg: {complete['note'].iloc[0]}, the tasks where at least one of our rows has a number.")
-    notes += [f"No avg for {row.model}: {row.note}." for row in avg[avg["status"] != "ok"].itertuples()]
+    incomplete = avg[avg["status"] != "ok"].groupby("note", sort=False)["model"]  # one line per missing set
+    notes += [f"No avg for {', '.join(models)}: {note}." for note, models in incomplete]
     if (table["source"] == CHANCE).any():
         notes.append(f"{MAJORITY}: the test accuracy of always answering the most frequent class (chance level).")
     published = table.loc[~table["source"].isin([OURS, CHANCE]), "source"].unique()

@@ -15,6 +15,8 @@ import pandas as pd
 # fastest exact attention torch offers. Every other model name comes from the records.
 PLAIN, FUSED = "full-math", "full-sdpa"
 BASELINES = {"plain": PLAIN, "fused": FUSED}
+FP32 = "fp32"  # the precision a row's label leaves unsaid
+JOIN = " + "  # between a row label's variant and what was done to it
 OURS = "ours"  # the `source` of cells measured here, as opposed to published reference figures
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")  # LRA's column order
 GROUP = ["hardware", "task", "mode", "batch_size"]  # what one efficiency table holds fixed
@@ -48,10 +50,20 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
     return [t for t in TASKS if t in tasks] + sorted(tasks - set(TASKS))
 
 
+def label(variant: str, techniques: Iterable[str] = (), precision: str = FP32, compression: str | None = None) -> str:
+    """A row's name: the attention variant, then ` + ` and each model-level technique, the
+    precision unless fp32 and the compression if any (e.g. `full-sdpa + reversible + bf16`), so
+    that every table shows a run with techniques as a row of its own."""
+    extras = [*techniques, *([precision] if precision != FP32 else []), *([compression] if compression else [])]
+    return JOIN.join([variant, *extras])
+
+
 def model_key(model: str) -> tuple[int, str]:
-    """Sort key of our models: the two baselines first, then the others alphabetically."""
+    """Sort key of our rows: the two baselines first, then the others alphabetically; a variant's
+    technique rows (`<variant> + ...`) follow it."""
     baselines = list(BASELINES.values())
-    return (baselines.index(model), "") if model in baselines else (len(baselines), model)
+    variant = model.split(JOIN)[0]
+    return (baselines.index(variant) if variant in baselines else len(baselines), model)
 
 
 def _joined(values: pd.Series) -> str:

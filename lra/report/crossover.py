@@ -1,8 +1,9 @@
 """Crossover: the length from which each model beats fused full attention, and stays ahead.
 
 Per efficiency group and model, the shortest measured length at which it beats fused attention
-and at every longer length where both were compared: in speed (more steps/s) and in memory (less
-peak memory). Running where fused attention ran out of memory counts as beating it there.
+(at the model's precision, without techniques) and at every longer length where both were
+compared: in speed (more steps/s) and in memory (less peak memory). Running where fused attention
+ran out of memory counts as beating it there.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from lra.report.cells import FUSED, GROUP, OURS, Group, groups
+from lra.report.cells import FUSED, GROUP, OURS, Group, groups, label
 from lra.report.table import Table
 
 CRITERIA = {"speed": ("steps_per_s", operator.gt), "memory": ("peak_memory_mb", operator.lt)}
@@ -22,15 +23,16 @@ NONE = "none"
 
 def crossover_cells(efficiency: pd.DataFrame) -> pd.DataFrame:
     """One row per group and model other than fused attention: the crossover length in speed and
-    in memory (NaN: never), for the groups where fused attention was measured."""
+    in memory (NaN: never), for the models whose fused attention (at their precision) was measured."""
     ours = efficiency[efficiency["source"] == OURS]
     rows = []
     for group in groups(ours):
         cells = group.select(ours).set_index("seq_len")
-        fused = cells[cells["model"] == FUSED]
-        if fused.empty:
-            continue
-        for model, variant in cells[cells["model"] != FUSED].groupby("model", sort=False):
+        for (model, precision), variant in cells.groupby(["model", "precision"], sort=False):
+            fused_model = label(FUSED, (), precision)
+            fused = cells[cells["model"] == fused_model]
+            if model == fused_model or fused.empty:
+                continue
             lengths = {kind: crossover(variant, fused, figure, better) for kind, (figure, better) in CRITERIA.items()}
             rows.append({**group._asdict(), "model": model, **lengths})
     return pd.DataFrame(rows, columns=[*GROUP, "model", *CRITERIA])
@@ -62,7 +64,8 @@ def crossover_table(cells: pd.DataFrame, group: Group) -> Table | None:
     if rows.empty:
         return None
     frame = rows.set_index("model")[list(CRITERIA)].map(lambda n: NONE if pd.isna(n) else f"from {int(n)}")
-    notes = [f"Shortest measured length from which the model beats fused full attention ({FUSED}) there and at "
-             "every longer length: speed, more steps/s; memory, less peak memory. Running where fused attention "
+    notes = [f"Shortest measured length from which the model beats fused full attention ({FUSED}, at the same "
+             "precision, without techniques) there and at every longer length: speed, more steps/s; memory, less "
+             "peak memory. Running where fused attention "
              f"ran out of memory counts as beating it. {NONE}: at no length."]
     return Table("Crossover with fused full attention", frame, notes)

@@ -1,6 +1,7 @@
 """Speed and memory in the format of LRA's Table 2: rows are models, columns sequence lengths, one
 set of tables per (hardware, task, mode, batch size). Every model's speed and memory are also
-given as ratios to both forms of full attention measured in the same sweep.
+given as ratios to both forms of full attention measured in the same sweep, at the same precision
+and without model-level techniques.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from typing import Callable
 
 import pandas as pd
 
-from lra.report.cells import BASELINES, FUSED, GROUP, OURS, PLAIN, Group, aggregate, sort_models
+from lra.report.cells import BASELINES, FP32, FUSED, GROUP, OURS, PLAIN, Group, aggregate, label, sort_models
 from lra.report.reference import published_efficiency
 from lra.report.table import Table, number, ratio, status_text
 
 FIGURES = ["steps_per_s", "tokens_per_s", "peak_memory_mb", "peak_rss_mb", "tflops", "matmul_tflops", "max_batch"]
 RATIOS = {"speed": "steps_per_s", "memory": "peak_memory_mb"}  # the figures compared with full attention
 RATIO_COLUMNS = [f"{kind}_vs_{name}" for kind in RATIOS for name in BASELINES]
-COLUMNS = [*GROUP, "source", "model", "our_model", "seq_len", "n", "failed", "status", "memory_measure",
+COLUMNS = [*GROUP, "source", "model", "our_model", "precision", "seq_len", "n", "failed", "status", "memory_measure",
            *FIGURES, *RATIO_COLUMNS]
 MEASURES = {  # what each memory_measure of the records counts
     "live_tensor_bytes": "live tensor bytes of one step",
@@ -32,7 +33,7 @@ def efficiency_cells(records: pd.DataFrame, reference: pd.DataFrame | None = Non
     if bench.empty:
         return pd.DataFrame(columns=COLUMNS)
     figures = {name: (name, "mean") for name in FIGURES} | {"memory_measure": ("memory_measure", "joined")}
-    ours = sort_models(aggregate(bench, [*GROUP, "model", "seq_len"], figures)).assign(source=OURS)
+    ours = sort_models(aggregate(bench, [*GROUP, "model", "precision", "seq_len"], figures)).assign(source=OURS)
     parts = [ours.assign(our_model=ours["model"])]
     if reference is not None:
         parts.append(ours[GROUP].drop_duplicates().merge(published_efficiency(reference), on=["task", "mode"]))
@@ -41,12 +42,16 @@ def efficiency_cells(records: pd.DataFrame, reference: pd.DataFrame | None = Non
 
 def with_ratios(cells: pd.DataFrame) -> pd.DataFrame:
     """`cells` with each row's steps/s and peak memory over those of plain and of fused full
-    attention of the same source, group and length (published rows: the published Transformer)."""
-    keys = [*GROUP, "source", "seq_len"]
+    attention of the same source, group and length, without techniques and at the row's precision,
+    so a technique's gain is not mistaken for the attention's (published rows: the published
+    Transformer; they state no precision)."""
+    keys = [*GROUP, "source", "seq_len", "our_model"]
+    precisions = cells["precision"].fillna(FP32)
     ratios = {}
     for name, baseline in BASELINES.items():
-        base = cells.loc[cells["our_model"] == baseline, [*keys, *RATIOS.values()]]
-        aligned = cells[keys].merge(base, on=keys, how="left")
+        baselines = cells[keys].assign(our_model=precisions.map(lambda precision: label(baseline, (), precision)))
+        base = cells.loc[cells["our_model"] == baselines["our_model"], [*keys, *RATIOS.values()]]
+        aligned = baselines.merge(base, on=keys, how="left")
         for kind, figure in RATIOS.items():
             ratios[f"{kind}_vs_{name}"] = cells[figure].to_numpy() / aligned[figure].to_numpy()
     return cells.assign(**ratios)
@@ -108,7 +113,8 @@ def efficiency_tables(cells: pd.DataFrame, group: Group) -> list[Table]:
 def efficiency_notes(table: pd.DataFrame, better: str) -> list[str]:
     """How to read a speed or memory table: the ratios, the statuses, the published rows."""
     notes = [f"(× plain, × fused): this row's figure over that of plain ({PLAIN}, the LRA paper's baseline) "
-             f"and of fused ({FUSED}) full attention at the same length, measured in the same sweep ({better}). "
+             f"and of fused ({FUSED}) full attention at the same length and precision, without model-level "
+             f"techniques, measured in the same sweep ({better}). "
              "OOM: out of memory; skip: not run after a shorter length ran out of memory; FAIL: failed."]
     published = table.loc[table["source"] != OURS, "source"].unique()
     notes += [f"Rows marked ({source}): published figures on other hardware; their ratios are to the published "

@@ -19,6 +19,7 @@ from lra.report.crossover import crossover_table
 from lra.report.efficiency import efficiency_tables
 from lra.report.plots import SCALING, bubble_plot, plot_stem, save_figure, scaling_plot
 from lra.report.summary import Summary, summarise
+from lra.report.techniques import techniques_tables
 
 # A block: ("heading", (level, text)), ("text", str), ("table", (Table, level)) or
 # ("image", (path relative to the report, alt text, Figure)).
@@ -39,7 +40,8 @@ def write_report(records: pd.DataFrame, out: Path, reference: str | None = None)
     return every file written, by its path relative to `out`."""
     summary = summarise(records, reference)
     blocks = [("heading", (1, TITLE)), ("text", introduction(records)),
-              *accuracy_section(summary), *efficiency_section(summary), *bubble_section(summary)]
+              *accuracy_section(summary), *efficiency_section(summary), *bubble_section(summary),
+              *techniques_section(summary)]
     out = Path(out)
     written = {content[0]: save_figure(content[2], out / content[0]) for kind, content in blocks if kind == "image"}
     for name, text in [("leaderboard.md", markdown(blocks)), ("leaderboard.html", page(blocks))]:
@@ -89,6 +91,13 @@ def bubble_section(summary: Summary) -> list[Block]:
             alt = f"speed, accuracy and memory: {hardware}"
             blocks.append(("image", (f"plots/bubble_{hardware}.png", alt, figure)))
     return [("heading", (2, "Speed, accuracy and memory (LRA Figure 3)")), *blocks] if blocks else []
+
+
+def techniques_section(summary: Summary) -> list[Block]:
+    """Per hardware and task with technique rows: each variant beside its techniques, then
+    accuracy against sparsity where models were pruned."""
+    tables = techniques_tables(summary.techniques, summary.sparsity)
+    return [("heading", (2, "Model-level techniques")), *(("table", (table, 3)) for table in tables)] if tables else []
 
 
 def markdown(blocks: list[Block]) -> str:

@@ -1,4 +1,5 @@
-"""Every aggregated cell behind the report: accuracy, efficiency and crossover, and their tidy form."""
+"""Every aggregated cell behind the report: accuracy, efficiency, crossover, techniques and
+sparsity, and their tidy form."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lra.report.accuracy import accuracy_cells
 from lra.report.crossover import crossover_cells, crossover_tidy
 from lra.report.efficiency import efficiency_cells, efficiency_tidy
 from lra.report.reference import load_reference
+from lra.report.techniques import sparsity_cells, sparsity_tidy, techniques_cells, techniques_tidy
 
 # leaderboard.csv: one row per figure of a cell, blank where a column does not apply.
 TIDY = ["table", "source", "hardware", "task", "mode", "batch_size", "model", "seq_len", "metric", "value",
@@ -19,11 +21,13 @@ INTEGERS = ["batch_size", "seq_len", "n", "failed"]
 
 @dataclass
 class Summary:
-    """The cells of the three kinds of table (see accuracy.py, efficiency.py, crossover.py)."""
+    """The cells of each kind of table (see accuracy.py, efficiency.py, crossover.py, techniques.py)."""
 
     accuracy: pd.DataFrame
     efficiency: pd.DataFrame
     crossover: pd.DataFrame
+    techniques: pd.DataFrame
+    sparsity: pd.DataFrame
 
     def tidy(self) -> pd.DataFrame:
         """All cells in one long table, one figure per row, for pandas users."""
@@ -31,6 +35,8 @@ class Summary:
             self.accuracy.assign(table="accuracy", metric="test_accuracy_pct"),
             efficiency_tidy(self.efficiency),
             crossover_tidy(self.crossover),
+            techniques_tidy(self.techniques),
+            sparsity_tidy(self.sparsity),
         ]
         tidy = pd.concat([part.reindex(columns=TIDY) for part in parts], ignore_index=True)
         return tidy.astype({column: "Int64" for column in INTEGERS})
@@ -40,4 +46,5 @@ def summarise(records: pd.DataFrame, reference: str | None = None) -> Summary:
     """The cells of `records` (from load_records), with the published rows of `reference` if named."""
     published = load_reference(reference) if reference else None
     efficiency = efficiency_cells(records, published)
-    return Summary(accuracy_cells(records, published), efficiency, crossover_cells(efficiency))
+    return Summary(accuracy_cells(records, published), efficiency, crossover_cells(efficiency),
+                   techniques_cells(records), sparsity_cells(records))

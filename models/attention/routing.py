@@ -12,9 +12,12 @@ routed by their unit-length directions (the attention itself uses them unnormali
 w depends on the window and never on how much padding follows the real tokens (a cluster holds all
 real keys, or w of them, either way), so a padded sample gives its unpadded output.
 
-In training the centroids follow the routed vectors by an exponential moving average: each moves
-`1 - decay` of the way to the mean of the real queries and keys nearest to it, then is normalised
-(the paper's online k-means; its commitment loss is not used). With one centroid this is exact
+In training the centroids follow the routed vectors by an exponential moving average: after each
+optimizer step (`on_train_step`) each moves `1 - decay` of the way to the mean of the real queries
+and keys routed to it since the last step, then is normalised (the paper's online k-means; its
+commitment loss is not used). Forward passes only add to those sums, so the micro-batches of an
+accumulated step count as one batch, and a forward recomputed in the backward pass (reversible
+layers) adds the same vectors twice without moving the mean. With one centroid this is exact
 attention. Queries are laid out for the attention call in chunks of w, a cluster's queries filling
 whole chunks of their own: at most n / w + c chunks, so memory is O((n + max_len) * w), linear in n.
 """
@@ -54,13 +57,17 @@ class RoutingAttention(Attention):
         self.dropout = config.dropout
         clusters = math.ceil(max_len / config.window)
         self.register_buffer("centroids", F.normalize(torch.randn(num_heads, clusters, head_dim), dim=-1))
+        # What the next k-means update averages: sums and counts of the vectors routed to each centroid.
+        self.register_buffer("routed_sums", torch.zeros(num_heads, clusters, head_dim), persistent=False)
+        self.register_buffer("routed_counts", torch.zeros(num_heads, clusters, 1), persistent=False)
 
     @torch.no_grad()
     def route(
         self, q: torch.Tensor, k: torch.Tensor, real: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The nearest centroid of every query (batch, heads, n) and the w keys of every cluster
-        (batch, heads, c, w), nearest first; in training, also the centroids' k-means update."""
+        (batch, heads, c, w), nearest first; in training, the routed vectors are added to the sums
+        of the next k-means update."""
         with torch.autocast(q.device.type, enabled=False):
             centroids = self.centroids.float()
             queries, keys = (F.normalize(x.float(), dim=-1) for x in (q, k))
@@ -72,14 +79,14 @@ class RoutingAttention(Attention):
             query_cluster = query_similarity.argmax(dim=-1)
             cluster_keys = key_similarity.topk(per_cluster, dim=-1).indices
             if self.training:
-                self.update_centroids(queries, query_cluster, keys, key_similarity.argmax(dim=2), real)
+                self.collect(queries, query_cluster, keys, key_similarity.argmax(dim=2), real)
         return query_cluster, cluster_keys
 
-    def update_centroids(
+    def collect(
         self, queries: torch.Tensor, query_cluster: torch.Tensor, keys: torch.Tensor, key_cluster: torch.Tensor,
         real: Optional[torch.Tensor],
     ) -> None:
-        """Move each centroid towards the mean of the real unit queries and keys nearest to it."""
+        """Add the real unit queries and keys to the sums of the centroids nearest to them."""
         vectors, assigned = torch.cat([queries, keys], dim=2), torch.cat([query_cluster, key_cluster], dim=2)
         real = torch.ones_like(assigned, dtype=torch.bool) if real is None else real.repeat(1, 2)[:, None]
         weight = real.expand_as(assigned).to(vectors.dtype)
@@ -87,9 +94,17 @@ class RoutingAttention(Attention):
         sums = vectors.new_zeros(*assigned.shape[:2], clusters, vectors.shape[-1])
         sums.scatter_add_(2, assigned[..., None].expand_as(vectors), vectors * weight[..., None])
         counts = weight.new_zeros(*assigned.shape[:2], clusters).scatter_add_(2, assigned, weight)
-        sums, counts = sums.sum(dim=0), counts.sum(dim=0)[..., None]  # over the batch: (heads, c, ...)
-        means = torch.where(counts > 0, sums / counts.clamp(min=1), self.centroids)
+        self.routed_sums += sums.sum(dim=0)  # over the batch: (heads, c, d)
+        self.routed_counts += counts.sum(dim=0)[..., None]
+
+    @torch.no_grad()
+    def on_train_step(self) -> None:
+        """The k-means update: each centroid moves towards the mean of what was routed to it."""
+        counts = self.routed_counts
+        means = torch.where(counts > 0, self.routed_sums / counts.clamp(min=1), self.centroids)
         self.centroids.copy_(F.normalize(self.decay * self.centroids + (1 - self.decay) * means, dim=-1))
+        self.routed_sums.zero_()
+        self.routed_counts.zero_()
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
