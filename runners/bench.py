@@ -46,7 +46,7 @@ from lra.optim import build_optimizer, build_scheduler
 from lra.records import make_record, write_records
 from lra.worker import WorkerDied, WorkerError, run_isolated
 from models.encoder import Classifier, check_model_config
-from runners.train import DTYPES, Trainee, autocast, setup_device, train_step
+from runners.train import DTYPES, Trainee, autocast, effective_batch, loss_scaler, setup_device, train_step
 from tasks import task_config
 
 PROG = "lra-bench"
@@ -74,6 +74,7 @@ def check_bench_config(cfg: DictConfig) -> None:
     if bench.min_run_time <= 0:
         raise LRAError(f"bench.min_run_time: must be positive, got {bench.min_run_time}")
     memory_cap(cfg.hardware)  # a bad cap fails here, before any measurement
+    effective_batch(cfg)  # and so does a bad trainer.accumulate (a train step splits its batch by it)
     if bench.find_max_batch and Device(cfg.hardware.device) is Device.cpu and cfg.hardware.cpu_memory_cap_mb is None:
         raise LRAError("bench.find_max_batch: on the CPU it needs hardware.cpu_memory_cap_mb, the memory to fill")
     for length in bench.seq_lens:
@@ -99,7 +100,8 @@ def make_step(cfg: DictConfig, model: Classifier, mode: BenchMode, device: torch
     if mode is BenchMode.train:
         optimizer = build_optimizer(model, cfg.optimizer)
         trainee = Trainee(model=model, forward=forward, optimizer=optimizer,
-                          scheduler=build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps))
+                          scheduler=build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps),
+                          scaler=loss_scaler(device, Precision(cfg.hardware.precision)))
         return lambda batch: train_step(trainee, batch, cfg, device)
     model.eval()
 

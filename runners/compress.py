@@ -90,7 +90,7 @@ def pruned_name(level: float) -> str:
 def job_config(settings: DictConfig) -> DictConfig:
     """The trained run's config, on the CPU in fp32, with this job's settings as `compress`."""
     check_settings(settings)
-    cfg = trained_config(Path(settings.run), "run")
+    cfg = trained_config(trained_record(Path(settings.run), "run"))
     cfg.hardware.device, cfg.hardware.precision = "cpu", "fp32"
     cfg.compress = OmegaConf.masked_copy(settings, list(SETTINGS))
     cfg.force = settings.force

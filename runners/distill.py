@@ -64,7 +64,7 @@ def objective(cfg: DictConfig, device: torch.device) -> tuple[Objective, dict[st
         raise LRAError(f"distill.alpha: must be in [0, 1], got {distill.alpha}")
     run_dir = Path(distill.teacher)
     record = trained_record(run_dir, KEY)
-    teacher_cfg = trained_config(run_dir, KEY)
+    teacher_cfg = trained_config(record)
     theirs, ours = task_config(teacher_cfg.task), task_config(cfg.task)
     if (theirs.name, theirs.max_len, theirs.num_classes) != (ours.name, ours.max_len, ours.num_classes):
         raise LRAError(f"{KEY}: {run_dir} was trained on {theirs.name} (max_len {theirs.max_len}), "

@@ -116,6 +116,11 @@ def seed_everything(seed: int) -> None:
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
+def loss_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
+    """The gradient scaler of fp16 steps; a disabled one (scaling nothing) at other precisions."""
+    return torch.amp.GradScaler(device.type, enabled=precision is Precision.fp16)
+
+
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """Mixed precision as the profile says: parameters, optimizer state and the loss stay fp32."""
     return torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision is not Precision.fp32)
@@ -330,7 +335,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         synced=DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
         if distributed.world_size() > 1 else None,
         objective=loss,
-        scaler=torch.amp.GradScaler(device.type, enabled=Precision(cfg.hardware.precision) is Precision.fp16),
+        scaler=loss_scaler(device, Precision(cfg.hardware.precision)),
     )
     state = restore(run_dir / LAST, config_hash(cfg), trainee)
     writes = distributed.is_main()  # records, checkpoints and TensorBoard: rank 0's alone

@@ -38,9 +38,9 @@ def trained_record(run_dir: Path, key: str) -> dict[str, Any]:
     return records[0]
 
 
-def trained_config(run_dir: Path, key: str) -> DictConfig:
-    """The config of the finished lra-train run in `run_dir` (see `trained_record`)."""
-    cfg = OmegaConf.merge(SCHEMA_1_DEFAULTS, trained_record(run_dir, key)["config"])
+def trained_config(record: dict[str, Any]) -> DictConfig:
+    """The config of a finished lra-train run, from its record (see `trained_record`)."""
+    cfg = OmegaConf.merge(SCHEMA_1_DEFAULTS, record["config"])
     # The task and the attention typed again by their dataclasses, as the models and loaders expect.
     cfg.task = OmegaConf.merge(OmegaConf.structured(TASKS.get(cfg.task.name)[1]), cfg.task)
     cfg.model.attention = OmegaConf.merge(

@@ -21,7 +21,7 @@ from runners.compress import (
     quantized, sparsity,
 )
 from runners.train import train
-from runners.trained import trained_config, trained_model
+from runners.trained import trained_config, trained_model, trained_record
 from tasks import load_task
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
@@ -121,7 +121,7 @@ def test_pruning_reaches_the_target_sparsity_exactly(level):
 
 
 def test_fine_tuning_after_pruning_keeps_the_zeros_and_moves_the_rest(trained_run):
-    cfg = trained_config(trained_run[0], "run")  # its task, data and optimizer
+    cfg = trained_config(trained_record(trained_run[0], "run"))  # its task, data and optimizer
     with open_dict(cfg):
         cfg.compress = {"finetune_steps": 5, "finetune_lr": 1e-3}
     data = load_task(cfg.task, cfg.data, progress=False)
@@ -147,7 +147,7 @@ def compress_cli(*args: str):
 
 def test_a_compress_job_measures_every_model_skips_when_done_and_reruns_with_force(trained_run):
     run, trained = trained_run
-    pruned_weights = zeros_and_weights(trained_model(run, trained_config(run, "run"), "run"))[1]
+    pruned_weights = zeros_and_weights(trained_model(run, trained_config(trained_record(run, "run")), "run"))[1]
     args = [f"run={run}", *QUICK]
     done = compress_cli(*args)
     assert done.returncode == 0, done.stderr
