@@ -3,6 +3,11 @@
 `save` keeps the checkpoint it replaces beside the new one (`last.pt` -> `last.prev.pt`), so a file
 that is truncated or corrupt later (a full disk, a bad copy) costs one checkpoint interval, not the
 run: `load` reports the bad file and returns the previous state. Loading never unpickles code.
+
+The best checkpoint (`best.pt`) is saved and loaded with `fallback=False`: no previous generation.
+An older best model is not the one whose validation accuracy the record reports, so testing it,
+teaching with it or compressing it would be silently wrong; an unreadable best checkpoint is an
+error that names the file.
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ def previous(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Save `state` (tensors, numbers, strings and containers of them), keeping the one it replaces.
+def save(path: Path, state: dict[str, Any], *, fallback: bool = True) -> None:
+    """Save `state` (tensors, numbers, strings and containers of them), keeping the one it replaces
+    (with `fallback=False`, keeping none).
 
     At every instant a complete checkpoint is on disk: the old file is linked to the previous name
     while it stays at `path`, then the new one is written beside it and renamed over `path`.
     """
-    _keep_previous(path)
+    if fallback:
+        _keep_previous(path)
+    else:  # nothing older than the new state may lie beside it
+        previous(path).unlink(missing_ok=True)
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
@@ -64,12 +73,16 @@ def _keep_previous(path: Path) -> None:
         os.replace(path, kept)
 
 
-def load(path: Path) -> dict[str, Any] | None:
+def load(path: Path, *, fallback: bool = True) -> dict[str, Any] | None:
     """The state saved at `path`; the previous one, with a warning, when `path` is unreadable or
-    missing; None when neither exists. LRAError names both files when neither can be read."""
+    missing; None when neither exists. LRAError names both files when neither can be read.
+
+    With `fallback=False` (a checkpoint saved without a previous generation) only `path` is read:
+    None when it is missing, LRAError naming it when it is unreadable.
+    """
     kept = previous(path)
     failures: list[str] = []
-    for candidate in (path, kept):
+    for candidate in (path, kept) if fallback else (path,):
         if not candidate.exists():
             continue
         try:
@@ -81,6 +94,9 @@ def load(path: Path) -> dict[str, Any] | None:
             why = f"unreadable checkpoint {failures[0]}" if failures else f"no checkpoint {path} (a save was cut short)"
             log.warning("%s; using the previous one, %s", why, kept)
         return state
+    if failures and not fallback:
+        raise LRAError(f"unreadable checkpoint {failures[0]}, and no previous one is kept for it; "
+                       "rerun the run that wrote it with force=true")
     if failures:
         raise LRAError(f"no readable checkpoint: {'; '.join(failures)}; delete to start over")
     return None

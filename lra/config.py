@@ -128,7 +128,7 @@ class TrainerConfig:
     eval_every: int = MISSING
     eval_batches: Optional[int] = None
     checkpoint_every: int = MISSING
-    accumulate: int = 1  # micro-batches of batch_size per optimizer step (effective batch: batch_size * accumulate)
+    accumulate: int = 1  # micro-batches each step's batch_size examples are split into (each batch_size / accumulate)
     log_every: int = 10
     progress: bool = True
 

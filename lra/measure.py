@@ -3,12 +3,22 @@
 Time: after a warm-up call, the median of repeated blocks of calls, the device synchronised around
 each block, on the thread count torch is set to.
 
-CUDA: the allocator's peak after a reset, minus what was allocated before (the baseline).
-CPU: the allocator keeps no statistics, so a dispatch mode counts the bytes of every tensor
-storage created inside the measured region while it is alive: exact, and the figure that scales
-with attention. (tracemalloc does not see torch's allocations.) Optionally it enforces a cap, so
-that a CPU measurement can run out of memory as a GPU does. The whole-process figure is the peak
-resident set of a process (`peak_rss_bytes`), meaningful for a process that measured one thing.
+Peak memory (`peak_memory`), the same figure on both devices: the highest count, during the
+measured block, of the bytes allocated inside it and still alive (activations, gradients,
+temporaries, and optimizer state only if the block creates it, as a first step does), above a
+baseline of everything that existed before it (the weights, existing optimizer state, the input
+batch), which is never counted. A training step releases its gradients at its end (sets them to
+None), so a measured step starts with none, and both devices count the gradients it makes.
+- CUDA: `max_memory_allocated` after a reset, minus `memory_allocated` at entry. That is the
+  figure as long as nothing that existed before is freed inside the block: freeing it can lower
+  the CUDA figure by as much (its memory is reused), not the CPU's. The CUDA figure also holds the
+  allocator's rounding (to multiples of 512 bytes) and the workspaces that kernels allocate.
+- CPU: the allocator keeps no statistics (and tracemalloc does not see torch's allocations), so a
+  dispatch mode (`LiveTensorBytes`) counts the storages that operations allocate, exactly, between
+  operations: what one operation allocates and frees within itself is not seen. Optionally it
+  enforces a cap, so that a CPU measurement can run out of memory as a GPU does.
+The whole-process figure is another one: the peak resident set of a process (`peak_rss_bytes`),
+meaningful for a process that measured one thing.
 
 FLOPs: torch's FLOP counter (matrix products), on the meta device so that nothing is computed.
 """
@@ -22,56 +32,105 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from lra.errors import LRAError
 
 BLOCK_SECONDS = 0.05  # the shortest timed block of calls
-# What a record's peak_memory_mb counts, by device type.
+# What a record's peak_memory_mb counts, by device type (the same figure: see the module's docstring).
 MEMORY_MEASURES = {"cuda": "cuda_max_allocated_minus_baseline", "cpu": "live_tensor_bytes"}
+# Operations that return their input as new memory: torch.tensor(...) (and as_tensor, new_tensor,
+# an optimizer's step counter) builds its tensor outside any dispatch mode and hands it through
+# lift_fresh. In torch 2.13 no other operation of tensor creation, the optimizers or a training
+# step does so.
+RETURNS_FRESH_INPUT = frozenset({torch.ops.aten.lift_fresh.default})
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Counts the bytes of tensor storages created inside the mode while they are alive; with
-    `cap` (bytes), an operation that takes the count above it raises torch.OutOfMemoryError."""
+    """Counts the bytes of the tensor storages that operations inside the mode allocate while they
+    are alive (`live`), and the highest count (`peak`); with `cap` (bytes), an operation that takes
+    the count above it raises torch.OutOfMemoryError.
+
+    A storage an operation returns is new unless it is one of the operation's inputs: a view, an
+    in-place or an out= result of a tensor that existed before adds nothing, of one made inside
+    nothing more. What an operation grows an input's storage by (resize_, an out= too small) is
+    new, and a counted storage is recounted at its new size.
+    """
 
     def __init__(self, cap: int | None = None) -> None:
         super().__init__()
         self.cap = cap
         self.live = 0
         self.peak = 0
-        self._seen: set[int] = set()
+        # counted storages by key: (bytes, bytes they held before the mode, a reference whose death
+        # uncounts them); each counts the difference of the two sizes
+        self._counted: dict[int, tuple[int, int, weakref.ref]] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-                self._track(tensor.untyped_storage())
+        kwargs = kwargs or {}
+        earlier = _input_bytes(func, _leaves((*args, *kwargs.values())))
+        out = func(*args, **kwargs)
+        for storage in _storages(_leaves((out,))):
+            self._count(storage, earlier.get(storage._cdata, 0))
+        self.peak = max(self.peak, self.live)
         if self.cap is not None and self.live > self.cap:
             raise torch.OutOfMemoryError(
                 f"{func}: {self.live / 2**20:.1f} MB of live tensors exceed the cap of {self.cap / 2**20:.1f} MB"
             )
         return out
 
-    def _track(self, storage: torch.UntypedStorage) -> None:
-        key = storage._cdata
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        size = storage.nbytes()
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key, size)
+    def _count(self, storage: torch.UntypedStorage, earlier: int) -> None:
+        """Count what `storage` holds beyond `earlier`, the bytes it held before this operation that
+        the mode did not count (an input's); recount a counted storage at its present size."""
+        key, size = storage._cdata, storage.nbytes()
+        if key in self._counted:
+            held, before, ref = self._counted[key]
+            if size != held:
+                self._counted[key] = (size, before, ref)
+                self.live += size - held
+        elif size > earlier:
+            self._counted[key] = (size, earlier, weakref.ref(storage, partial(self._free, key)))
+            self.live += size - earlier
 
-    def _free(self, key: int, size: int) -> None:
-        self.live -= size
-        self._seen.discard(key)
+    def _free(self, key: int, _ref: weakref.ref) -> None:
+        """Uncount a storage that was freed (the callback of its reference)."""
+        size, before, _ = self._counted.pop(key)
+        self.live -= size - before
+
+
+def _leaves(tree: Iterable[Any]) -> Iterator[Any]:
+    """The leaves of nested lists and tuples: an operation's arguments or results."""
+    for item in tree:
+        if isinstance(item, (list, tuple)):
+            yield from _leaves(item)
+        else:
+            yield item
+
+
+def _storages(leaves: Iterable[Any]) -> Iterator[torch.UntypedStorage]:
+    """The storages of the tensors (not on the meta device) and the storages among `leaves`."""
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            if not leaf.is_meta:
+                yield leaf.untyped_storage()
+        elif isinstance(leaf, torch.UntypedStorage):
+            yield leaf
+
+
+def _input_bytes(func: Any, inputs: Iterable[Any]) -> dict[int, int]:
+    """The bytes of the storages that `func`'s inputs hold before it runs, by storage key: memory
+    it did not allocate. The tensor lift_fresh is handed is new, unless it wraps memory torch did
+    not allocate (torch.from_numpy, which cannot resize it)."""
+    storages = _storages(inputs)
+    if func in RETURNS_FRESH_INPUT:
+        storages = (storage for storage in storages if not storage.resizable())
+    return {storage._cdata: storage.nbytes() for storage in storages}
 
 
 @dataclass
@@ -88,7 +147,10 @@ class PeakMemory:
 
 @contextmanager
 def peak_memory(device: torch.device, cpu_cap: int | None = None) -> Iterator[PeakMemory]:
-    """Measure the peak memory allocated inside the `with` block, above what was allocated before.
+    """Measure the peak, during the `with` block, of the bytes allocated inside it and still alive
+    (activations, gradients, temporaries, optimizer state the block creates), above everything that
+    existed before it (weights, existing optimizer state, the input batch): the same figure on CUDA
+    and on the CPU, as the module's docstring defines it. The result is filled in when the block ends.
 
     On the CPU, `cpu_cap` (bytes) makes the block run out of memory above it.
     """

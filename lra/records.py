@@ -20,7 +20,10 @@ from lra.config import CONF_DIR
 from lra.errors import LRAError
 from lra.files import atomic_write
 
-SCHEMA = 2  # 2: techniques, precision and compression (schema 1 records read as none, fp32, none)
+# 2: techniques, precision and compression (schema 1 records read as none, fp32, none).
+# 3: trainer.batch_size is a step's whole batch, split into trainer.accumulate micro-batches (in 2 it
+#    was the micro-batch); test metrics over the whole test split, with test_examples and test_degenerate.
+SCHEMA = 3
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # Keys that change how a run is shown, not what it computes; left out of the config hash.

@@ -8,8 +8,9 @@ lra-train runs it), `infer` one forward pass without gradients. Each measurement
 (records.jsonl is rewritten after every one, so a crash loses nothing measured):
 
 - time: warm-up, then the median of repeated calls with the device synchronised (lra.measure);
-- memory: on CUDA the allocator's peak above the baseline; on the CPU the exact peak of live tensor
-  bytes, and the peak RSS of the worker process that made this one measurement (whole process);
+- memory: the peak of the bytes one step allocates, above what existed before it, the same figure
+  on CUDA and on the CPU (lra.measure), and the peak RSS of the worker process that made this one
+  measurement (whole process);
 - FLOPs of the step's matrix products (counted on the meta device, where the model allows it) and
   the achieved TFLOP/s, beside a plain matrix product's TFLOP/s measured in the same job;
 - out of memory (CUDA, the CPU allocator, hardware.cpu_memory_cap_mb, or the system killing the
@@ -46,7 +47,7 @@ from lra.optim import build_optimizer, build_scheduler
 from lra.records import make_record, write_records
 from lra.worker import WorkerDied, WorkerError, run_isolated
 from models.encoder import Classifier, check_model_config
-from runners.train import DTYPES, Trainee, autocast, effective_batch, loss_scaler, setup_device, train_step
+from runners.train import DTYPES, Trainee, autocast, loss_scaler, micro_batch, setup_device, train_step
 from tasks import task_config
 
 PROG = "lra-bench"
@@ -74,7 +75,7 @@ def check_bench_config(cfg: DictConfig) -> None:
     if bench.min_run_time <= 0:
         raise LRAError(f"bench.min_run_time: must be positive, got {bench.min_run_time}")
     memory_cap(cfg.hardware)  # a bad cap fails here, before any measurement
-    effective_batch(cfg)  # and so does a bad trainer.accumulate (a train step splits its batch by it)
+    micro_batch(cfg)  # and so does a bad trainer.accumulate (a train step splits its batch by it)
     if bench.find_max_batch and Device(cfg.hardware.device) is Device.cpu and cfg.hardware.cpu_memory_cap_mb is None:
         raise LRAError("bench.find_max_batch: on the CPU it needs hardware.cpu_memory_cap_mb, the memory to fill")
     for length in bench.seq_lens:

@@ -49,11 +49,12 @@ from lra.config import CONF_DIR
 from lra.errors import LRAError, one_line
 from lra.jobs import run_job
 from lra.measure import is_out_of_memory, median_seconds, peak_memory
+from lra.predictions import class_counts, split_metrics
 from lra.optim import build_optimizer
 from lra.records import make_record, write_records
 from models.attention import Attention
 from runners.bench import inputs
-from runners.train import Trainee, effective_batch, predict, setup_device, train_step
+from runners.train import Trainee, predict, setup_device, train_step
 from runners.trained import trained_config, trained_model, trained_record
 from tasks import load_task
 from tasks.batching import StepBatches, TaskData, pad_batch
@@ -142,7 +143,7 @@ def fine_tune(model: nn.Module, data: TaskData, cfg: DictConfig, progress: bool)
     optimizer = build_optimizer(model, OmegaConf.merge(cfg.optimizer, {"lr": cfg.compress.finetune_lr}))
     trainee = Trainee(model=model, forward=model, optimizer=optimizer,
                       scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
-    batches = StepBatches(len(data.train), effective_batch(cfg), cfg.seed, 0, steps)
+    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, 0, steps)
     loader = DataLoader(data.train, batch_sampler=batches, collate_fn=pad_batch,
                         generator=torch.Generator().manual_seed(cfg.seed))
     for batch in tqdm(loader, total=steps, desc="fine-tuning", disable=None if progress else True, leave=False):
@@ -163,7 +164,6 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
     """Accuracy, agreement with the float model's predictions (`reference`; None: this is it),
     speed, memory and size of `model`, and the sparsity of its `layers`."""
     predicted, labels = predict(model, data.test, cfg, CPU)
-    val_predicted, val_labels = predict(model, data.val, cfg, CPU)
     batch = cfg.compress.batch_size
     tokens, mask, _ = inputs(cfg, cfg.task.max_len, batch, CPU)
     with torch.no_grad():
@@ -172,9 +172,8 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
             model(tokens, mask)
         seconds = median_seconds(lambda: model(tokens, mask), min_run_time=cfg.compress.min_run_time, warmup=False)
     metrics = {
-        "test_accuracy": float((predicted == labels).float().mean()),
-        "val_accuracy": float((val_predicted == val_labels).float().mean()),
-        "test_majority_rate": data.test.majority_rate(),
+        **scored("test", predicted, labels, cfg),
+        **scored("val", *predict(model, data.val, cfg, CPU), cfg),
         "prediction_agreement": 1.0 if reference is None else float((predicted == reference).float().mean()),
         "infer_steps_per_s": 1 / seconds,
         "infer_tokens_per_s": batch * tokens[0].numel() / seconds,
@@ -184,6 +183,13 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
         "sparsity": sparsity(model, layers),
     }
     return metrics
+
+
+def scored(split: str, predicted: torch.Tensor, labels: torch.Tensor, cfg: DictConfig) -> dict[str, Any]:
+    """The `lra.predictions` metrics of predictions on a whole split."""
+    classes = cfg.task.num_classes
+    return split_metrics(split, int((predicted == labels).sum()), class_counts(predicted, classes),
+                         class_counts(labels, classes))
 
 
 Compressor = Callable[[nn.Module], nn.Module]

@@ -2,7 +2,7 @@
 and check ListOps files (generated or from the release).
 
     lra-data listops --out data/listops-1000 [--train N ...]
-    lra-data pathfinder --out data/pathfinder32 [--resolution 32 --difficulty hard --count N ...]
+    lra-data pathfinder --out data/pathfinder32 [--resolution 32 --difficulty hard --count N --seed S ...]
     lra-data check-listops data/listops-1000/basic_test.tsv [FILE ...]
 
 Bad input ends in one line, `lra-data: error: ...`, and exit code 2.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lra.errors import LRAError
-from tasks import listops, pathfinder_draw
+from tasks import listops, pathfinder, pathfinder_draw
 
 PROG = "lra-data"
 
@@ -87,19 +87,22 @@ def _run_check_listops(args: argparse.Namespace) -> str:
 
 
 def _add_pathfinder(commands: argparse._SubParsersAction) -> None:
-    """`lra-data pathfinder`: Pathfinder images as LRA drew them, at one resolution and difficulty."""
+    """`lra-data pathfinder`: Pathfinder images as LRA drew them, at one resolution and difficulty;
+    the defaults are those of task=pathfinder, so that what it draws is what the task reads."""
+    task = pathfinder.PathfinderConfig()
     parser = commands.add_parser(
         "pathfinder", help="Pathfinder (<difficulty folder>/imgs/<batch>/sample_<i>.png, metadata/<batch>.npy)",
         description="Draw Pathfinder images with LRA's settings (seeded), in the layout of the LRA release.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, required=True,
                         help="directory for the difficulty folder (e.g. curv_contour_length_14)")
-    parser.add_argument("--resolution", type=int, choices=pathfinder_draw.RESOLUTIONS, default=32,
+    parser.add_argument("--resolution", type=int, choices=pathfinder_draw.RESOLUTIONS, default=task.resolution,
                         help="image width and height in pixels")
-    parser.add_argument("--difficulty", choices=list(pathfinder_draw.DIFFICULTIES), default="hard",
+    parser.add_argument("--difficulty", choices=list(pathfinder_draw.DIFFICULTIES),
+                        default=task.difficulty.value,
                         help="contour length: easy 6, intermediate 9, hard 14 paddles")
-    parser.add_argument("--count", type=int, default=10000, help="images, half of them connected")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    parser.add_argument("--count", type=int, default=task.generate.count, help="images, half of them connected")
+    parser.add_argument("--seed", type=int, default=task.generate.seed, help="seed of the generator")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing the images (none: one per CPU)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")

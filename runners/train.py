@@ -42,6 +42,7 @@ from lra.errors import LRAError
 from lra.jobs import run_job
 from lra.measure import memory_cap, peak_memory
 from lra.optim import build_optimizer, build_scheduler
+from lra.predictions import class_counts, split_metrics
 from lra.records import config_hash, make_record, resolved, write_records
 from models.attention import Attention
 from models.encoder import Classifier, check_model_config
@@ -127,16 +128,15 @@ def autocast(device: torch.device, precision: Precision) -> torch.autocast:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted and true labels of this process's share of `dataset` (its first
-    trainer.eval_batches batches, when set), the examples dealt out over the processes."""
+def predict(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device,
+            limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true labels of this process's share of `dataset` (of its first `limit`
+    examples, when given), the examples dealt out over the processes, in micro-batches (what a
+    training step's forward pass holds)."""
     model.eval()
-    size = len(dataset)
-    if cfg.trainer.eval_batches is not None:
-        size = min(size, cfg.trainer.eval_batches * cfg.trainer.batch_size)
+    size = len(dataset) if limit is None else min(len(dataset), limit)
     shard = Subset(dataset, range(distributed.rank(), size, distributed.world_size()))
-    loader = DataLoader(shard, batch_size=cfg.trainer.batch_size, collate_fn=pad_batch)
+    loader = DataLoader(shard, batch_size=micro_batch(cfg), collate_fn=pad_batch)
     predicted, true = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]  # a share may be empty
     for tokens, mask, labels in loader:
         with autocast(device, Precision(cfg.hardware.precision)):
@@ -146,11 +146,22 @@ def predict(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig,
     return torch.cat(predicted), torch.cat(true)
 
 
-def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device) -> float:
-    """Accuracy on `dataset` (see `predict`), over every process's share."""
-    predicted, labels = predict(model, dataset, cfg, device)
-    correct, total = distributed.all_sum([int((predicted == labels).sum()), len(labels)], device)
-    return correct / total
+def validation_limit(cfg: DictConfig) -> int | None:
+    """The examples a periodic validation scores: the first trainer.eval_batches batches, or all."""
+    batches = cfg.trainer.eval_batches
+    return None if batches is None else batches * cfg.trainer.batch_size
+
+
+def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device,
+             split: str, limit: int | None = None) -> dict[str, Any]:
+    """The `lra.predictions` metrics of `split` on `dataset` (its first `limit` examples, when
+    given; else all of it), over every process's share."""
+    predicted, labels = predict(model, dataset, cfg, device, limit)
+    classes = task_config(cfg.task).num_classes
+    counts = distributed.all_sum([int((predicted == labels).sum()), *class_counts(predicted, classes),
+                                  *class_counts(labels, classes)], device)
+    counts = [int(count) for count in counts]
+    return split_metrics(split, counts[0], counts[1:classes + 1], counts[classes + 1:])
 
 
 def restore(path: Path, run_hash: str, trainee: Trainee) -> RunState:
@@ -213,12 +224,14 @@ def train_step(
 ) -> dict[str, torch.Tensor]:
     """One optimisation step (forward and backward of trainer.accumulate micro-batches, clip, update).
 
-    The micro-batches' gradients add up to the gradient of the whole batch's mean loss. Returns
-    the mean loss before the update ("loss") and the objective's terms.
+    The micro-batches' gradients add up to the gradient of the whole batch's mean loss. They are
+    released once the optimizer has used them, so that no gradient outlives its step: between
+    steps (validation, checkpoints) memory holds none, and a step's peak memory counts the
+    gradients it makes on every device alike (lra.measure). Returns the mean loss before the
+    update ("loss") and the objective's terms.
     """
     tokens, mask, labels = (t.to(device) for t in batch)
     trainee.model.train()
-    trainee.optimizer.zero_grad(set_to_none=True)
     forward = trainee.synced or trainee.forward
     micro_batches = list(zip(*(t.chunk(cfg.trainer.accumulate) for t in (tokens, mask, labels))))
     losses: dict[str, torch.Tensor] = {}
@@ -238,6 +251,7 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), cfg.optimizer.grad_clip)
     trainee.scaler.step(trainee.optimizer)
     trainee.scaler.update()
+    trainee.optimizer.zero_grad(set_to_none=True)
     for attention in trainee.attention:  # eager, outside any compiled region
         attention.on_train_step()
     return losses
@@ -251,7 +265,7 @@ def fit(
 
     Returns None, or the one-line reason the loss diverged. `writer`: rank 0's alone.
     """
-    batches = StepBatches(len(data.train), effective_batch(cfg), cfg.seed, state.step, cfg.trainer.max_steps,
+    batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps,
                           shard=distributed.rank(), shards=distributed.world_size())
     loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
         data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
@@ -293,32 +307,46 @@ def fit(
                 bar.set_postfix(loss=f"{state.train_loss():.3f}", best_val=f"{max(state.best_val, 0):.3f}")
             final = state.step == cfg.trainer.max_steps
             if state.step % cfg.trainer.eval_every == 0 or final:
-                val = evaluate(trainee.forward, data.val, cfg, device)
+                val = evaluate(trainee.forward, data.val, cfg, device, "val", validation_limit(cfg))["val_accuracy"]
                 log.info("step %d: val accuracy %.4f", state.step, val)
                 if writer is not None:
                     writer.add_scalar("val/accuracy", val, state.step)
                 if val > state.best_val:
                     state.best_val = val
                     if distributed.is_main():
-                        checkpoint.save(run_dir / BEST, {"model": trainee.model.state_dict()})
+                        checkpoint.save(run_dir / BEST, {"model": trainee.model.state_dict()}, fallback=False)
             if (state.step % cfg.trainer.checkpoint_every == 0 or final) and distributed.is_main():
                 save_last(run_dir / LAST, state, trainee)
             tick = time.perf_counter()
     return None
 
 
-def effective_batch(cfg: DictConfig) -> int:
-    """Examples per optimizer step: trainer.accumulate micro-batches of trainer.batch_size."""
-    if cfg.trainer.accumulate < 1:
-        raise LRAError(f"trainer.accumulate: must be at least 1, got {cfg.trainer.accumulate}")
-    return cfg.trainer.batch_size * cfg.trainer.accumulate
+def best_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of the run's best validation accuracy: that checkpoint or an error, never an
+    older best (lra.checkpoint)."""
+    saved = checkpoint.load(run_dir / BEST, fallback=False)
+    if saved is None:
+        raise LRAError(f"{run_dir / BEST}: missing, so the best model is lost; rerun with force=true")
+    return saved["model"]
+
+
+def micro_batch(cfg: DictConfig) -> int:
+    """Examples per forward pass: trainer.batch_size (the examples of an optimizer step) split into
+    trainer.accumulate micro-batches of equal size."""
+    batch, accumulate = cfg.trainer.batch_size, cfg.trainer.accumulate
+    if accumulate < 1:
+        raise LRAError(f"trainer.accumulate: must be at least 1, got {accumulate}")
+    if batch % accumulate:
+        raise LRAError(f"trainer.accumulate: must divide trainer.batch_size={batch} into equal micro-batches, "
+                       f"got {accumulate}")
+    return batch // accumulate
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate, test the best checkpoint; write and return the job's record."""
     started = time.perf_counter()
     check_model_config(cfg.model, cfg.task.max_len)
-    batch_size = effective_batch(cfg)
+    micro_batch_size = micro_batch(cfg)
     device = setup_device(cfg.hardware)
     seed_everything(cfg.seed)
     loss, teacher = objective(cfg, device)
@@ -342,19 +370,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with SummaryWriter(str(run_dir / TENSORBOARD)) if writes else nullcontext() as writer:
         diverged = fit(trainee, data, cfg, device, run_dir, state, writer)
         metrics: dict[str, Any] = {
-            "steps": state.step, "processes": distributed.world_size(), "micro_batch_size": cfg.trainer.batch_size,
+            "steps": state.step, "processes": distributed.world_size(), "micro_batch_size": micro_batch_size,
             "accumulate": cfg.trainer.accumulate, **teacher,
             **{"train_loss" if term == "loss" else f"train_loss_{term}": state.train_loss(term)
                for term in state.recent_losses or ["loss"]},
         }
         if diverged is None:
             distributed.barrier()  # rank 0 has written the best checkpoint
-            best = checkpoint.load(run_dir / BEST)["model"]
+            best = best_model(run_dir)
             model.load_state_dict(best)
             metrics["weights_mb"] = checkpoint.saved_mb(best)
-            metrics["test_accuracy"] = evaluate(model, data.test, cfg, device)
+            metrics.update(evaluate(model, data.test, cfg, device, "test"))  # always the whole split
             metrics["val_accuracy"] = state.best_val
-            metrics["test_majority_rate"] = data.test.majority_rate()
+            metrics["val_examples"] = min(len(data.val), validation_limit(cfg) or len(data.val))
             if writes:
                 log_hparams(writer, cfg, {"test/accuracy": metrics["test_accuracy"], "val/best_accuracy": state.best_val})
         else:
@@ -366,7 +394,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["memory_measure"] = state.memory_measure
     record = make_record(
         cfg, kind="train", status="ok" if diverged is None else "diverged", error=diverged, metrics=metrics,
-        seq_len=cfg.task.max_len, batch_size=batch_size, device=device, wall_s=time.perf_counter() - started,
+        seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, device=device, wall_s=time.perf_counter() - started,
     )
     if writes:
         path = write_records(run_dir, [record])
@@ -378,7 +406,7 @@ def failed_record(cfg: DictConfig, status: str, error: str, wall_s: float) -> di
     """The record of a job that raised (status failed, or oom)."""
     return make_record(
         cfg, kind="train", status=status, error=error, metrics={}, seq_len=cfg.task.max_len,
-        batch_size=cfg.trainer.batch_size * cfg.trainer.accumulate,
+        batch_size=cfg.trainer.batch_size,
         device=torch.device(Device(cfg.hardware.device).value), wall_s=wall_s,
     )
 

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lra import checkpoint
@@ -41,6 +42,8 @@ def trained_record(run_dir: Path, key: str) -> dict[str, Any]:
 def trained_config(record: dict[str, Any]) -> DictConfig:
     """The config of a finished lra-train run, from its record (see `trained_record`)."""
     cfg = OmegaConf.merge(SCHEMA_1_DEFAULTS, record["config"])
+    if record.get("schema", 1) < 3:  # trainer.batch_size was the micro-batch of an accumulated step
+        cfg.trainer.batch_size *= cfg.trainer.accumulate
     # The task and the attention typed again by their dataclasses, as the models and loaders expect.
     cfg.task = OmegaConf.merge(OmegaConf.structured(TASKS.get(cfg.task.name)[1]), cfg.task)
     cfg.model.attention = OmegaConf.merge(
@@ -50,11 +53,20 @@ def trained_config(record: dict[str, Any]) -> DictConfig:
 
 
 def trained_model(run_dir: Path, cfg: DictConfig, key: str) -> Classifier:
-    """The model of the run's best checkpoint (on the CPU, in eval mode)."""
+    """The model of the run's best checkpoint (on the CPU, in eval mode).
+
+    Built under a forked RNG: its random init, overwritten by the checkpoint, draws nothing from
+    the global one, so a distilled student starts from the weights of its baseline of the same seed.
+    The best checkpoint has no fallback (lra.checkpoint): unreadable, it is an LRAError naming it.
+    """
     task = task_config(cfg.task)
-    model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len, task.towers)
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator draws
+        model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len, task.towers)
     path = Path(run_dir) / checkpoint.DIRECTORY / checkpoint.BEST
-    saved = checkpoint.load(path)
+    try:
+        saved = checkpoint.load(path, fallback=False)
+    except LRAError as error:
+        raise LRAError(f"{key}: {error}") from None
     if saved is None:
         raise LRAError(f"{key}: {path}: no best checkpoint")
     model.load_state_dict(saved["model"])

@@ -58,10 +58,6 @@ class SequenceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], int]:
         return tuple(tower[index] for tower in self.towers), int(self.labels[index])
 
-    def majority_rate(self) -> float:
-        """Accuracy of always predicting the most frequent label (the floor a model must beat)."""
-        return float(np.bincount(self.labels).max()) / len(self.labels)
-
 
 @dataclass
 class TaskData:

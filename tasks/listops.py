@@ -29,7 +29,7 @@ from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
 from tasks.cache import cached_splits, fingerprint
-from tasks.sources import check_generated, missing_data
+from tasks.sources import check_generated, generate_command, missing_data
 
 OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -441,8 +441,8 @@ def load(config: ListOpsConfig, root: Path, generate: bool, progress: bool) -> T
         if not generate:
             raise missing_data(
                 "ListOps files", f"{', '.join(SPLIT_FILES.values())} in {directory} (data.generate=false)",
-                f"run `lra-data listops --out {directory}`, set data.generate=true, or point data.root at the "
-                "unpacked LRA release"
+                f"run `{generate_command('listops', directory, settings)}`, set data.generate=true, or point data.root at "
+                "the unpacked LRA release"
             )
         write_release(directory, **settings, progress=progress)
     check_generated(directory / SETTINGS_FILE, settings)

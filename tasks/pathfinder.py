@@ -26,7 +26,7 @@ from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
 from tasks.cache import cached_splits, fingerprint
 from tasks.pathfinder_draw import DIFFICULTIES, RESOLUTIONS, SETTINGS_FILE, write_release
-from tasks.sources import check_generated, missing_data
+from tasks.sources import check_generated, generate_command, missing_data
 
 log = logging.getLogger("lra.tasks.pathfinder")
 PIXEL_VALUES = 256
@@ -144,8 +144,8 @@ def load(config: PathfinderConfig, root: Path, generate: bool, progress: bool) -
         if not generate:
             raise missing_data(
                 f"Pathfinder images (task={config.name})", f"{folder}/metadata/*.npy (data.generate=false)",
-                f"run `lra-data pathfinder --out {root / config.dir} --resolution {config.resolution} "
-                f"--difficulty {difficulty}`, set data.generate=true, or point data.root at the unpacked LRA release",
+                f"run `{generate_command('pathfinder', root / config.dir, settings)}`, set data.generate=true, or point "
+                "data.root at the unpacked LRA release",
             )
         write_release(root / config.dir, resolution=config.resolution, difficulty=difficulty,
                       count=config.generate.count, seed=config.generate.seed, progress=progress)

@@ -9,6 +9,7 @@ is fetched here.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 def missing_data(what: str, looked: str, get: str) -> LRAError:
     """The error for absent data: what is missing, where it was looked for, how to get it."""
     return LRAError(f"no {what}: looked for {looked}. To get it: {get}")
+
+
+def generate_command(dataset: str, out: Path, settings: dict[str, Any]) -> str:
+    """The `lra-data <dataset>` command that writes what `settings` ask for (those `check_generated`
+    compares, named as its options), to paste into a shell."""
+    options = [part for name, value in settings.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+    return shlex.join(["lra-data", dataset, "--out", str(out), *options])
 
 
 def split_tables(directory: Path, split: str) -> list[Path]:

@@ -1,7 +1,10 @@
-"""Exact attention written out independently of the modules under test, test inputs for it, and a
-tracker of the largest tensor a computation creates."""
+"""Exact attention written out independently of the modules under test, test inputs for it, the
+length unit of a variant's config, and a tracker of the largest tensor a computation creates."""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,6 +43,16 @@ def ragged_mask(batch, length):
     tokens (at least 1)."""
     lengths = torch.tensor([length, max(length - 11, 1), min(length, 5)])[:batch]
     return torch.arange(length)[None, :] < lengths[:, None]
+
+
+LENGTH_UNIT = re.compile(r"block|window|bucket|chunk|segment|kernel_size")
+
+
+def longest_unit(config: Mapping[str, object]) -> int:
+    """The longest length unit of an attention config's fields (block, window, bucket, kernel, ...;
+    1 if none): a check of padding must span several of them to see the layout at work."""
+    units = [value for key, value in config.items() if LENGTH_UNIT.search(key) and isinstance(value, int)]
+    return max(units, default=1)
 
 
 def real_positions(mask, out):

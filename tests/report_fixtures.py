@@ -24,14 +24,21 @@ def record(kind: str, model: str, task: str, status: str, metrics: dict, *, tech
     }
 
 
-def train(model: str, task: str, accuracy: float | None, seed: int = 0, status: str = "ok", **fields) -> dict:
-    """A training run; accuracy None for a run that did not finish (status diverged unless given)."""
+def train(model: str, task: str, accuracy: float | None, seed: int = 0, status: str = "ok", *,
+          examples: int | None = None, majority: float | None = None, degenerate: bool | None = None,
+          **fields) -> dict:
+    """A training run; accuracy None for a run that did not finish (status diverged unless given).
+    `examples` and `degenerate`: the test examples scored and the degenerate-predictor flag, which
+    older records lack (left out unless given); `majority`: the majority-class rate (default 0.14
+    on listops, else 0.5)."""
     if accuracy is None:
         return record("train", model, task, "diverged" if status == "ok" else status, {"steps": 5}, seed=seed, **fields)
-    majority = 0.14 if task == "listops" else 0.5
+    majority = (0.14 if task == "listops" else 0.5) if majority is None else majority
     metrics = {"test_accuracy": accuracy, "val_accuracy": accuracy, "test_majority_rate": majority,
                "steps": 10, "steps_per_s": 5.0, "tokens_per_s": 640.0, "peak_memory_mb": 3.0,
-               "memory_measure": "live_tensor_bytes"}
+               "memory_measure": "live_tensor_bytes",
+               **({} if examples is None else {"test_examples": examples}),
+               **({} if degenerate is None else {"test_degenerate": degenerate})}
     return record("train", model, task, status, metrics, seed=seed, **fields)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 
 from lra.errors import LRAError
 from lra.measure import LiveTensorBytes
-from models.attention import build_attention, list_attention
-from tests.attention_reference import random_heads, real_positions, softmax_attention
+from models.attention import ATTENTION, build_attention, list_attention
+from tests.attention_reference import longest_unit, random_heads, real_positions, softmax_attention
 from tests.conftest import REPO
 
 
@@ -92,6 +93,52 @@ def test_padding_never_changes_real_outputs(name):
     assert torch.allclose(out[real], out_noisy[real], atol=1e-5), (out[real] - out_noisy[real]).abs().max()
     # without the mask the noise reaches real positions: the check above is not vacuous
     assert not torch.allclose(attn(*heads_for(attn, *noisy), None)[real], out[real], atol=1e-3)
+
+
+# The padded-length test: a sequence of L real tokens, alone and unpadded, then padded to longer
+# lengths up to PAD_MAX_LEN beside a sample that fills them. LONG spans at least three of every length
+# unit (block, window, bucket, kernel) of every variant's defaults; SHORT is less than one LSH chunk
+# or BigBird block, where a layout laid out over the padded length would differ the most.
+PAD_MAX_LEN = 1000
+LONG, SHORT = 800, 45
+
+
+def padded_beside_a_longer_sample(x, length, gen):
+    """(1, heads, L, dim) -> (2, heads, length, dim): `x` followed by 3 randn padding, then a randn
+    sample of `length` real tokens."""
+    pad = 3 * torch.randn(1, x.shape[1], length - x.shape[2], x.shape[3], generator=gen)
+    return torch.cat([torch.cat([x, pad], dim=2), torch.randn(1, x.shape[1], length, x.shape[3], generator=gen)])
+
+
+@torch.no_grad()
+def outputs_at_every_padding(attn, real_len):
+    """The outputs at the real positions of one sequence of `real_len` tokens: alone (no mask), then
+    padded to longer lengths up to PAD_MAX_LEN, beside a longer sample. Torch is reseeded before every
+    call (variants that redraw random features or rotations in training draw the same ones)."""
+    gen = torch.Generator().manual_seed(real_len)
+    q, k, v = (torch.randn(1, 2, real_len, 16, generator=gen) for _ in range(3))
+    torch.manual_seed(5)
+    outputs = [attn(*heads_for(attn, q, k, v))]
+    for length in sorted({real_len + 1, min(real_len + 37, PAD_MAX_LEN), PAD_MAX_LEN}):
+        padded = [padded_beside_a_longer_sample(x, length, gen) for x in (q, k, v)]
+        mask = torch.arange(length)[None, :] < torch.tensor([[real_len], [length]])
+        torch.manual_seed(5)
+        outputs.append(attn(*heads_for(attn, *padded), mask)[:1, :, :real_len])
+    return outputs
+
+
+@pytest.mark.parametrize("real_len", [LONG, SHORT])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_padded_length_never_changes_real_outputs(name, real_len):
+    """What a sample's real tokens get depends neither on how far its batch is padded nor on the
+    other samples: block layouts, buckets and segments come from max_len, never the padded length."""
+    defaults = dataclasses.asdict(ATTENTION.get(name)[1]())
+    assert LONG >= 3 * longest_unit(defaults), f"{name}: raise LONG to span three of its units"
+    for training in (True, False):
+        attn = build(name, max_len=PAD_MAX_LEN, dropout=0.0).train(training)
+        alone, *padded = outputs_at_every_padding(attn, real_len)
+        for out in padded:
+            assert torch.allclose(out, alone, atol=1e-5, rtol=0), (training, (out - alone).abs().max())
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -35,12 +35,14 @@ def shared_qk_attention(q, v, key_padding_mask=None, allowed=None):
     return torch.einsum("bhqrk,bhkd->bhqd", probs, v)
 
 
-def windows_of(order, bucket_size):
-    """The keys each query sees: its chunk of the sorted order and the previous one (cyclically)."""
+def windows_of(order, bucket_size, mask):
+    """The keys each query sees: its chunk of the sorted order and the previous one; the first
+    chunk's previous one is the last chunk holding a real token (chunk 1 when only the first does)."""
     chunk = order.argsort(-1) // bucket_size  # (batch, heads, rounds, length): chunk of each position
-    chunks = order.shape[-1] // bucket_size
+    real_chunks = (mask.sum(-1) + bucket_size - 1) // bucket_size
+    wrap = (real_chunks - 1).clamp(min=1).view(-1, 1, 1, 1, 1)
     query, key = chunk[..., :, None], chunk[..., None, :]
-    return (key == query) | (key == (query - 1) % chunks)
+    return (key == query) | (key == torch.where(query == 0, wrap, query - 1))
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -81,11 +83,11 @@ def test_several_rounds_are_one_softmax_over_every_window():
     attn = build_attention("lsh", num_heads=2, head_dim=8, max_len=64, bucket_size=8, n_hashes=3).eval()
     order = attn.sort_order(q, mask)
     out = attn(q, q, v, mask)
-    expected = shared_qk_attention(q, v, mask, allowed=windows_of(order, 8))
+    expected = shared_qk_attention(q, v, mask, allowed=windows_of(order, 8, mask))
     real = real_positions(mask, out)
     assert torch.allclose(out[real], expected[real], atol=1e-12)
     # the rounds differ: averaging their outputs uniformly would not give the same result
-    rounds = [shared_qk_attention(q, v, mask, allowed=windows_of(order[:, :, r : r + 1], 8)) for r in range(3)]
+    rounds = [shared_qk_attention(q, v, mask, allowed=windows_of(order[:, :, r : r + 1], 8, mask)) for r in range(3)]
     assert (sum(rounds) / 3 - out)[real].abs().max() > 1e-3
 
 

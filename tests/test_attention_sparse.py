@@ -11,14 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.attention import build_attention
+from models.attention import ATTENTION, build_attention, list_attention
+from models.attention.sparse import BlockSparseAttention
 from tests.attention_reference import LargestTensor, random_heads, real_positions, softmax_attention
 
 LENGTH = 37  # random_heads' default: not a multiple of any block size below
+MAX_LEN = 128  # the longest input below: BigBird lays its random and last global blocks out over it
 
 
-def build(name: str, heads: int = 2, **overrides):
-    return build_attention(name, num_heads=heads, head_dim=16, max_len=512, **overrides).eval()
+def build(name: str, heads: int = 2, max_len: int = MAX_LEN, **overrides):
+    return build_attention(name, num_heads=heads, head_dim=16, max_len=max_len, **overrides).eval()
 
 
 def close_at_real(out, expected, mask, atol):
@@ -121,6 +123,7 @@ def test_sparse_summary_columns_are_the_last_c_of_every_block():
 
 
 BIGBIRD = dict(block=4, random_blocks=2, window_blocks=3, global_blocks=2)
+BIGBIRD_MAX_LEN = 16 * BIGBIRD["block"]  # 16 blocks
 
 
 def bigbird_block_pattern(attn, num_blocks: int) -> torch.Tensor:
@@ -136,7 +139,7 @@ def bigbird_block_pattern(attn, num_blocks: int) -> torch.Tensor:
 
 def test_bigbird_blocks_per_query_block():
     num_blocks, heads = 16, 4
-    attn = build("bigbird", heads=heads, **BIGBIRD, seed=0)
+    attn = build("bigbird", heads=heads, max_len=BIGBIRD_MAX_LEN, **BIGBIRD, seed=0)
     blocks = bigbird_block_pattern(attn, num_blocks)
     assert blocks[:, [0, -1]].all() and blocks[:, :, [0, -1]].all()  # global blocks: first and last
     for query in range(1, num_blocks - 1):
@@ -149,15 +152,45 @@ def test_bigbird_blocks_per_query_block():
 
 def test_bigbird_layout_is_seeded_per_head_and_fixed():
     num_blocks, heads = 16, 4
-    first = bigbird_block_pattern(build("bigbird", heads=heads, **BIGBIRD, seed=0), num_blocks)
-    again = bigbird_block_pattern(build("bigbird", heads=heads, **BIGBIRD, seed=0), num_blocks)
-    other = bigbird_block_pattern(build("bigbird", heads=heads, **BIGBIRD, seed=1), num_blocks)
+    first, again, other = (
+        bigbird_block_pattern(build("bigbird", heads=heads, max_len=BIGBIRD_MAX_LEN, **BIGBIRD, seed=seed), num_blocks)
+        for seed in (0, 0, 1)
+    )
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     assert len({tuple(first[h].flatten().tolist()) for h in range(heads)}) == heads
     # the global torch RNG plays no part
     torch.manual_seed(123)
-    assert torch.equal(first, bigbird_block_pattern(build("bigbird", heads=heads, **BIGBIRD, seed=0), num_blocks))
+    again = build("bigbird", heads=heads, max_len=BIGBIRD_MAX_LEN, **BIGBIRD, seed=0)
+    assert torch.equal(first, bigbird_block_pattern(again, num_blocks))
+
+
+BLOCK_SPARSE = [name for name in list_attention() if issubclass(ATTENTION.get(name)[0], BlockSparseAttention)]
+
+
+@pytest.mark.parametrize("name", BLOCK_SPARSE)
+def test_pattern_at_a_length_is_the_corner_of_the_pattern_at_max_len(name):
+    """At its default config, the pattern over n tokens is the top-left n x n of the pattern over
+    max_len: what a token attends never depends on how far its batch is padded."""
+    max_len = 1000
+    attn = build(name, max_len=max_len)
+    full = attn.dense_pattern(max_len)
+    for n in (1, 45, 300, 700, 999):
+        assert torch.equal(attn.dense_pattern(n), full[:, :n, :n]), n
+
+
+def test_bigbird_last_global_blocks_are_those_of_max_len():
+    attn = build("bigbird", heads=4, max_len=BIGBIRD_MAX_LEN, **BIGBIRD)
+    short = bigbird_block_pattern(attn, 10)
+    # block 9 is not global at 10 blocks: it attends and is attended like any other block
+    assert not short[:, 9].all() and not short[:, :, 9].all()
+    assert torch.equal(short, bigbird_block_pattern(attn, 16)[:, :10, :10])
+    with pytest.raises(ValueError, match="exceeds"):
+        attn.dense_pattern(17 * BIGBIRD["block"])
+    # max_len one past whole blocks (the encoder's CLS token): the last whole block is global
+    one_past = bigbird_block_pattern(build("bigbird", heads=4, max_len=BIGBIRD_MAX_LEN + 1, **BIGBIRD), 17)
+    assert one_past[:, 15].all() and one_past[:, :, 15].all()
+    assert not one_past[:, 16].all() and not one_past[:, :, 16].all()
 
 
 def test_bigbird_same_in_training_and_eval_and_sparse_at_short_lengths():

@@ -33,7 +33,6 @@ def test_ragged_storage_gives_back_each_sequence_as_int64():
     dataset = SequenceDataset((ragged, ragged), np.array([0, 1, 1]))
     (left, right), label = dataset[2]
     assert left.tolist() == right.tolist() == [255, 9] and label == 1
-    assert dataset.majority_rate() == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         SequenceDataset((ragged,), np.array([0, 1]))
 

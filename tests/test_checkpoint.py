@@ -1,4 +1,5 @@
-"""Checkpoints: one generation kept, a bad file reported and the previous state used, no code unpickled."""
+"""Checkpoints: one generation kept, a bad file reported and the previous state used, no code unpickled;
+the best checkpoint kept without a previous generation, and an unreadable one an error."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from lra import checkpoint
 from lra.errors import LRAError
+from runners.train import BEST, train
+from runners.trained import trained_model
 
 
 def state(step: int) -> dict:
@@ -141,3 +144,40 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path: Path, 
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: a plain unpickle runs it
     assert marker.exists()
+
+
+def test_without_fallback_no_previous_generation_is_kept_or_read(tmp_path: Path, caplog):
+    path = tmp_path / checkpoint.BEST
+    checkpoint.save(path, state(1))
+    checkpoint.save(path, state(2))  # a previous generation, as a save that keeps one leaves it
+    checkpoint.save(path, state(3), fallback=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+    assert same(checkpoint.load(path, fallback=False), state(3))
+    torch.save(state(2), checkpoint.previous(path))  # an older state beside it is never read
+    truncate(path)
+    with pytest.raises(LRAError) as error:
+        checkpoint.load(path, fallback=False)
+    message = str(error.value)
+    assert message.startswith(f"unreadable checkpoint {path} (RuntimeError: ") and "force=true" in message
+    assert str(checkpoint.previous(path)) not in message and "\n" not in message
+    path.unlink()
+    assert checkpoint.load(path, fallback=False) is None
+    assert not warnings(caplog)
+
+
+def test_an_unreadable_best_checkpoint_of_a_finished_run_is_one_error_never_an_older_model(tiny_cfg, tmp_path: Path):
+    cfg = tiny_cfg("trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=4")
+    train(cfg, tmp_path / "run")
+    best = tmp_path / "run" / BEST
+    assert not checkpoint.previous(best).exists()
+    model = trained_model(tmp_path / "run", cfg, "distill.teacher")
+    assert all(torch.equal(value, model.state_dict()[name])
+               for name, value in torch.load(best, weights_only=True)["model"].items())
+    older = {name: value + 1 if value.is_floating_point() else value for name, value in model.state_dict().items()}
+    torch.save({"model": older}, checkpoint.previous(best))  # a readable older best beside it changes nothing
+    garble(best)
+    with pytest.raises(LRAError) as error:
+        trained_model(tmp_path / "run", cfg, "distill.teacher")
+    message = str(error.value)
+    assert message.startswith(f"distill.teacher: unreadable checkpoint {best} (UnpicklingError: ")
+    assert "force=true" in message and "\n" not in message

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lra.errors import LRAError
 from models.attention import list_attention
 from models.encoder import Classifier
+from tests.attention_reference import longest_unit
 from tests.conftest import compose_config
+
+# The padding check: a sequence of SHORT tokens alone, then padded to MAX_LEN in a batch with a
+# sequence of MAX_LEN tokens. SHORT spans at least three length units (blocks, windows, buckets) of
+# every variant's config, so that block layouts and buckets are at work, not one block of everything.
+MAX_LEN, SHORT = 900, 780
 
 
 def build(*overrides: str) -> Classifier:
     cfg = compose_config("model.num_layers=2", "model.dim=32", "model.mlp_dim=64", *overrides)
     torch.manual_seed(0)
-    return Classifier(cfg.model, vocab_size=20, num_classes=10, max_len=64).eval()
+    return Classifier(cfg.model, vocab_size=20, num_classes=10, max_len=MAX_LEN).eval()
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -25,7 +32,10 @@ def test_padding_does_not_change_logits(pooling, impl):
 
 @pytest.mark.parametrize("name", list_attention())
 def test_padding_does_not_change_logits_whatever_the_attention(name):
-    assert_padding_invariant(build(f"model={name}"))
+    """Mean pooling: every real token's output reaches the logits, not only what reaches the CLS token."""
+    attention = OmegaConf.to_container(compose_config(f"model={name}").model.attention)
+    assert SHORT >= 3 * longest_unit(attention), f"{name}: raise SHORT to span three of its units"
+    assert_padding_invariant(build(f"model={name}", "model.pooling=mean"))
 
 
 def test_a_shared_qk_attention_gets_its_keys_from_the_query_projection():
@@ -39,16 +49,17 @@ def test_a_shared_qk_attention_gets_its_keys_from_the_query_projection():
     assert k is q and not torch.equal(v, q)
 
 
+@torch.no_grad()
 def assert_padding_invariant(model: Classifier) -> None:
     gen = torch.Generator().manual_seed(1)
-    short = torch.randint(1, 20, (1, 9), generator=gen)
-    long = torch.randint(1, 20, (1, 30), generator=gen)
+    short = torch.randint(1, 20, (1, SHORT), generator=gen)
+    long = torch.randint(1, 20, (1, MAX_LEN), generator=gen)
     alone = model(short, torch.ones_like(short, dtype=torch.bool))
     # the same sequence padded (with arbitrary token ids) in a batch with a longer one
-    padded = torch.cat([short, torch.randint(1, 20, (1, 21), generator=gen)], dim=1)
-    mask = torch.arange(30)[None, :] < torch.tensor([[9], [30]])
+    padded = torch.cat([short, torch.randint(1, 20, (1, MAX_LEN - SHORT), generator=gen)], dim=1)
+    mask = torch.arange(MAX_LEN)[None, :] < torch.tensor([[SHORT], [MAX_LEN]])
     batched = model(torch.cat([padded, long]), mask)
-    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    assert torch.allclose(alone[0], batched[0], atol=1e-5), (alone[0] - batched[0]).abs().max()
     # and the padded tokens would matter if they were not masked
     assert not torch.allclose(alone[0], model(padded, torch.ones_like(padded, dtype=torch.bool))[0], atol=1e-3)
 
@@ -56,6 +67,6 @@ def assert_padding_invariant(model: Classifier) -> None:
 def test_rejects_sequences_longer_than_max_len_and_bad_head_split():
     model = build()
     with pytest.raises(ValueError, match="exceeds"):
-        model(torch.ones(1, 65, dtype=torch.long), torch.ones(1, 65, dtype=torch.bool))
+        model(torch.ones(1, MAX_LEN + 1, dtype=torch.long), torch.ones(1, MAX_LEN + 1, dtype=torch.bool))
     with pytest.raises(LRAError, match="model.dim"):
         build("model.num_heads=5")

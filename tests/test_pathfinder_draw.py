@@ -14,7 +14,8 @@ from PIL import Image
 from torch import nn
 
 from lra.errors import LRAError
-from runners.data import cli
+from runners.data import build_parser, cli
+from tasks import pathfinder
 from tasks import pathfinder_draw as pf
 from tests.conftest import REPO, run_cli
 
@@ -171,6 +172,13 @@ def test_cli_writes_the_release_layout(tmp_path):
     images, labels = read_release(folder)
     assert images.shape == (12, 32, 32) and labels.sum() == 6
     assert json.loads((folder / pf.SETTINGS_FILE).read_text())["seed"] == 5
+
+
+def test_cli_defaults_are_the_task_settings():
+    args = build_parser().parse_args(["pathfinder", "--out", "out"])
+    task = pathfinder.PathfinderConfig()
+    defaults = (task.resolution, task.difficulty.value, task.generate.count, task.generate.seed)
+    assert (args.resolution, args.difficulty, args.count, args.seed) == defaults == (32, "hard", 200_000, 0)
 
 
 @pytest.mark.parametrize("args", [

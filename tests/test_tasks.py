@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import shlex
 import threading
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from lra.errors import LRAError
 from lra.files import exclusive
 from lra.records import read_records
 from models.encoder import Classifier
+from runners.data import cli as data_cli
 from tasks import image, load_task, pathfinder, retrieval, text
 from tasks.cache import CACHE_DIR
 from tests.conftest import REPO, compose_config, run_cli
@@ -253,6 +256,18 @@ def test_pathfinder_wrong_image_size_and_bad_metadata_are_one_line(tmp_path: Pat
 def test_pathfinder_without_data_and_generation_off_says_how_to_get_it(tmp_path: Path):
     with pytest.raises(LRAError, match=r"no Pathfinder images .*lra-data pathfinder --out .*pathfinder32"):
         pathfinder.load(task_config("pathfinder", tmp_path), tmp_path, generate=False, progress=False)
+
+
+def test_the_missing_pathfinder_hint_runs_as_printed_and_the_task_then_loads(tmp_path: Path):
+    cfg = compose_config("task=pathfinder", f"data.root={tmp_path}", "data.generate=false", "task.difficulty=easy",
+                         "task.generate.count=24", "task.generate.seed=3")
+    with pytest.raises(LRAError) as error:
+        load_task(cfg.task, cfg.data, progress=False)
+    program, *args = shlex.split(re.search(r"run `([^`]+)`", str(error.value)).group(1))
+    assert program == "lra-data"
+    data_cli(args)
+    data = load_task(cfg.task, cfg.data, progress=False)  # the settings check passes: what the task asks for
+    assert [len(data.train), len(data.val), len(data.test)] == [19, 2, 3]
 
 
 def test_generated_pathfinder_is_read_back_and_other_settings_are_refused(tmp_path: Path):

@@ -13,9 +13,12 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 import runners.train as train_module
 from lra import checkpoint
 from lra.errors import LRAError
+from lra.predictions import DEGENERATE_SHARE, split_metrics
 from lra.records import read_records
 from models.attention import Attention, list_attention
+from models.encoder import Classifier
 from runners.train import train
+from tasks import load_task, task_config
 from tests.conftest import REPO, run_cli
 
 SCALARS = {"train/loss", "train/lr", "train/steps_per_s", "train/tokens_per_s", "val/accuracy", "test/accuracy"}
@@ -31,7 +34,7 @@ def test_a_run_writes_its_record_and_tensorboard_logs(tiny_cfg, tmp_path: Path):
     assert record["seq_len"] == cfg.task.max_len and record["batch_size"] == cfg.trainer.batch_size
     metrics = record["metrics"]
     assert metrics["steps"] == 20
-    for key in ("test_accuracy", "val_accuracy", "test_majority_rate"):
+    for key in ("test_accuracy", "val_accuracy", "test_majority_rate", "test_top_class_share"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["steps_per_s"] > 0 and metrics["tokens_per_s"] > metrics["steps_per_s"]
     assert metrics["peak_memory_mb"] > 0 and metrics["memory_measure"] == "live_tensor_bytes"
@@ -47,6 +50,32 @@ def test_a_run_writes_its_record_and_tensorboard_logs(tiny_cfg, tmp_path: Path):
     ).session_start_info
     assert session.hparams["model.dim"].number_value == 32
     assert session.hparams["task.name"].string_value == "listops"
+
+
+def test_test_accuracy_covers_the_whole_test_split_whatever_eval_batches(tiny_cfg, tmp_path: Path):
+    cfg = tiny_cfg("trainer.eval_batches=1")  # periodic validation: the first batch of 16 examples
+    metrics = train(cfg, tmp_path / "run")["metrics"]
+    data = load_task(cfg.task, cfg.data, progress=False)
+    assert len(data.test) == 64 > cfg.trainer.batch_size
+    assert metrics["test_examples"] == 64 and metrics["val_examples"] == 16
+    # the best checkpoint's predictions on every test example, computed here
+    task = task_config(cfg.task)
+    model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len)
+    model.load_state_dict(checkpoint.load(tmp_path / "run" / train_module.BEST, fallback=False)["model"])
+    predicted, labels = train_module.predict(model, data.test, cfg, torch.device("cpu"))
+    assert len(labels) == 64 and labels.tolist() == data.test.labels.tolist()
+    assert metrics["test_accuracy"] == pytest.approx(float((predicted == labels).float().mean()))
+    # the majority rate and the share of the commonest prediction are of the same 64 examples
+    assert metrics["test_majority_rate"] == pytest.approx(labels.bincount().max().item() / 64)
+    assert metrics["test_top_class_share"] == pytest.approx(predicted.bincount().max().item() / 64)
+    assert metrics["test_degenerate"] == (metrics["test_top_class_share"] >= DEGENERATE_SHARE)
+
+
+def test_a_predictor_giving_one_class_to_nearly_every_example_is_flagged():
+    metrics = split_metrics("test", correct=48, predicted=[96, 4, 0], labels=[50, 30, 20])
+    assert metrics == {"test_accuracy": 0.48, "test_examples": 100, "test_majority_rate": 0.5,
+                       "test_top_class_share": 0.96, "test_degenerate": True}
+    assert not split_metrics("test", correct=48, predicted=[94, 6, 0], labels=[50, 30, 20])["test_degenerate"]
 
 
 @pytest.mark.parametrize("name", list_attention())

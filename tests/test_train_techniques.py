@@ -14,8 +14,10 @@ from lra import checkpoint
 from lra.errors import LRAError
 from lra.optim import build_optimizer, build_scheduler
 from models.encoder import Classifier
-from runners.distill import Distillation
-from runners.train import LAST, Trainee, train, train_step
+from runners.distill import Distillation, objective
+from runners.trained import trained_config
+from runners.train import LAST, Trainee, micro_batch, seed_everything, train, train_step
+from tasks import task_config
 from tasks.batching import pad_batch
 from tests.conftest import compose_config
 
@@ -24,6 +26,14 @@ def trainee(cfg, model: Classifier, **fields) -> Trainee:
     optimizer = build_optimizer(model, cfg.optimizer)
     return Trainee(model=model, forward=model, optimizer=optimizer,
                    scheduler=build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps), **fields)
+
+
+def gradients_at_the_update(t: Trainee) -> list[torch.Tensor]:
+    """Filled with copies of the gradients the optimizer of `t` updates with, at its next step."""
+    grads: list[torch.Tensor] = []
+    t.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: grads.extend(p.grad.clone() for p in t.model.parameters()))
+    return grads
 
 
 def ragged_batch(size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -42,14 +52,17 @@ def test_accumulated_micro_batches_equal_one_batch_k_times_as_large():
     batch = ragged_batch(8)
     start = [p.detach().clone() for p in model.parameters()]
     whole, accumulated = trainee(cfg, model), trainee(cfg, copy.deepcopy(model))
+    grads = {name: gradients_at_the_update(t) for name, t in [("whole", whole), ("accumulated", accumulated)]}
     one = train_step(whole, batch, cfg, torch.device("cpu"))
     cfg.trainer.accumulate = 4
     four = train_step(accumulated, batch, cfg, torch.device("cpu"))
     assert torch.allclose(one["loss"], four["loss"], atol=1e-6)
     pairs = list(zip(whole.model.parameters(), accumulated.model.parameters()))
+    for a, b in zip(grads["whole"], grads["accumulated"], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
     for a, b in pairs:
-        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), (a.grad - b.grad).abs().max()
         assert torch.allclose(a, b, atol=1e-6)
+        assert a.grad is None and b.grad is None  # released once the optimizer has used them
     # the k-means update of routing, made once per step, saw all four micro-batches alike
     assert torch.allclose(whole.model.encoder.blocks[0].attn.centroids,
                           accumulated.model.encoder.blocks[0].attn.centroids, atol=1e-6)
@@ -112,6 +125,21 @@ def test_a_distilled_run_names_its_teacher_and_its_loss_combines_both_terms(tiny
     assert metrics["train_loss"] == pytest.approx(0.25 * soft + 0.75 * hard, rel=1e-5)
 
 
+def test_a_distilled_student_starts_from_the_weights_of_its_baseline(tiny_cfg, tmp_path: Path):
+    train(tiny_cfg("trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "teacher")
+    starts = []
+    for teacher in ("null", tmp_path / "teacher"):  # the baseline, then the distilled run, as train() starts them
+        cfg = tiny_cfg("model=local", f"distill.teacher={teacher}")
+        seed_everything(cfg.seed)
+        _, about = objective(cfg, torch.device("cpu"))
+        task = task_config(cfg.task)
+        starts.append((about, Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len).state_dict()))
+    (no_teacher, baseline), (with_teacher, distilled) = starts
+    assert not no_teacher and with_teacher["teacher"] == "full-sdpa"  # the teacher was built
+    assert baseline.keys() == distilled.keys()
+    assert all(torch.equal(baseline[name], distilled[name]) for name in baseline)
+
+
 def test_a_teacher_must_be_a_finished_run_of_the_same_task(tiny_cfg, tmp_path: Path):
     with pytest.raises(LRAError, match="distill.teacher: .* not an lra-train run directory"):
         train(tiny_cfg(f"distill.teacher={tmp_path}"), tmp_path / "student")
@@ -129,10 +157,31 @@ def test_encoder_techniques_and_accumulation_train_and_are_named_in_the_record(t
                             "trainer.eval_every=6"), tmp_path)
     assert record["status"] == "ok", record["error"]
     assert record["techniques"] == ["shared layers", "embed 16", "reversible", "accumulate 2"]
-    assert record["batch_size"] == 32 and record["metrics"]["micro_batch_size"] == 16
+    # trainer.batch_size is the step's batch, whatever the accumulation: 16 as 2 micro-batches of 8
+    assert record["batch_size"] == 16 and record["metrics"]["micro_batch_size"] == 8
     assert record["metrics"]["accumulate"] == 2
     plain = train(tiny_cfg("model.num_layers=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "plain")
     # one block for two layers, and narrow embeddings: 0.60x here (the head and norms stay)
     assert 0 < record["metrics"]["weights_mb"] < 0.65 * plain["metrics"]["weights_mb"]
-    with pytest.raises(LRAError, match="trainer.accumulate"):
+    with pytest.raises(LRAError, match="trainer.accumulate: must be at least 1"):
         train(tiny_cfg("trainer.accumulate=0"), tmp_path / "bad")
+    with pytest.raises(LRAError, match="trainer.accumulate: must divide trainer.batch_size=16"):
+        train(tiny_cfg("trainer.accumulate=3"), tmp_path / "bad")
+
+
+def test_a_run_recorded_when_batch_size_was_the_micro_batch_is_rebuilt_with_its_whole_batch(tiny_cfg, tmp_path):
+    record = train(tiny_cfg("trainer.accumulate=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path)
+    assert trained_config(record).trainer.batch_size == 16
+    older = {**record, "schema": 2, "config": {**record["config"], "trainer": {**record["config"]["trainer"],
+                                                                               "batch_size": 8}}}
+    assert trained_config(older).trainer.batch_size == 16  # 2 micro-batches of 8 per step, as that run trained
+
+
+@pytest.mark.parametrize("hardware", ["cpu", "gpu"])
+@pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder"])
+def test_the_accumulate_preset_keeps_the_tasks_batch(task, hardware):
+    """Only the accumulation differs from the run without it: the same examples per step, in 4 micro-batches."""
+    alone = compose_config(f"task={task}", f"hardware={hardware}")
+    accumulated = compose_config(f"task={task}", f"hardware={hardware}", "technique=accumulate")
+    assert accumulated.trainer.batch_size == alone.trainer.batch_size
+    assert accumulated.trainer.accumulate == 4 and micro_batch(accumulated) * 4 == alone.trainer.batch_size

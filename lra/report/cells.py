@@ -17,6 +17,7 @@ PLAIN, FUSED = "full-math", "full-sdpa"
 BASELINES = {"plain": PLAIN, "fused": FUSED}
 FP32 = "fp32"  # the precision a row's label leaves unsaid
 JOIN = " + "  # between a row label's variant and what was done to it
+SETUP_OPEN = " ["  # before what sets a row's runs apart from others of the same name: `full-sdpa [task.max_len=64]`
 OURS = "ours"  # the `source` of cells measured here, as opposed to published reference figures
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")  # LRA's column order
 GROUP = ["hardware", "task", "mode", "batch_size"]  # what one efficiency table holds fixed
@@ -50,19 +51,21 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
     return [t for t in TASKS if t in tasks] + sorted(tasks - set(TASKS))
 
 
-def label(variant: str, techniques: Iterable[str] = (), precision: str = FP32, compression: str | None = None) -> str:
+def label(variant: str, techniques: Iterable[str] = (), precision: str = FP32, compression: str | None = None,
+          setup: str = "") -> str:
     """A row's name: the attention variant, then ` + ` and each model-level technique, the
     precision unless fp32 and the compression if any (e.g. `full-sdpa + reversible + bf16`), so
-    that every table shows a run with techniques as a row of its own."""
+    that every table shows a run with techniques as a row of its own; then, where runs of that name
+    differ in more than their seed, what sets this one apart (`full-sdpa [trainer.max_steps=20]`)."""
     extras = [*techniques, *([precision] if precision != FP32 else []), *([compression] if compression else [])]
-    return JOIN.join([variant, *extras])
+    return JOIN.join([variant, *extras]) + (f"{SETUP_OPEN}{setup}]" if setup else "")
 
 
 def model_key(model: str) -> tuple[int, str]:
     """Sort key of our rows: the two baselines first, then the others alphabetically; a variant's
     technique rows (`<variant> + ...`) follow it."""
     baselines = list(BASELINES.values())
-    variant = model.split(JOIN)[0]
+    variant = model.split(SETUP_OPEN)[0].split(JOIN)[0]
     return (baselines.index(variant) if variant in baselines else len(baselines), model)
 
 

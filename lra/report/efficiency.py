@@ -20,7 +20,7 @@ RATIO_COLUMNS = [f"{kind}_vs_{name}" for kind in RATIOS for name in BASELINES]
 COLUMNS = [*GROUP, "source", "model", "our_model", "precision", "seq_len", "n", "failed", "status", "memory_measure",
            *FIGURES, *RATIO_COLUMNS]
 MEASURES = {  # what each memory_measure of the records counts
-    "live_tensor_bytes": "live tensor bytes of one step",
+    "live_tensor_bytes": "live tensor bytes one step allocates",
     "cuda_max_allocated_minus_baseline": "CUDA max allocated minus the baseline",
     "published": "as published",
 }

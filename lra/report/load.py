@@ -1,19 +1,36 @@
-"""Run records in: every records.jsonl under a directory, as one DataFrame."""
+"""Run records in: every records.jsonl under a directory, as one DataFrame, each record named as
+its row in the tables.
+
+A cell of a table aggregates only records whose resolved configs differ by the seed alone (and by
+the keys that name a run rather than what it computes: `IDENTITY` and the keys left out of the
+config hash). Where records of one row label differ otherwise (a 20-step and a 2000-step run of
+the same model, two lengths, two data sets...), each setup becomes a row of its own, labelled by
+the keys that differ: `full-sdpa [trainer.max_steps=20]`, `full-sdpa [trainer.max_steps=2000]`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from lra.errors import LRAError
-from lra.records import RECORDS_FILE, read_records
+from lra.records import NOT_HASHED, RECORDS_FILE, read_records
 from lra.report.cells import FP32, label
 
 # Fields the report reads from every record (DESIGN.md, "Run records").
 REQUIRED = ("kind", "model", "task", "hardware", "seed", "seq_len", "batch_size", "status", "metrics")
 # What records of schema 1, which lack these fields, were: no technique, fp32, not compressed.
 SCHEMA_1 = {"techniques": (), "precision": FP32, "compression": None}
+# Config keys that tell runs of one experiment apart without changing what it measures: the seed, the
+# run lra-compress read (a directory per seed), and the lengths and modes of a bench job (each of
+# its records names its own length and mode).
+IDENTITY = ("seed", "compress.run", "bench.seq_lens", "bench.modes")
+SHOWN_KEYS = 3  # a row label names at most this many differing keys, then how many more
+SHOWN_VALUE = 32  # characters of a value in a row label (the end of a longer one: paths end in their names)
 
 
 def load_records(runs: Path) -> pd.DataFrame:
@@ -25,18 +42,82 @@ def load_records(runs: Path) -> pd.DataFrame:
             missing = [key for key in REQUIRED if not isinstance(record, dict) or key not in record]
             if missing:
                 raise LRAError(f"{path}: record {number}: not a run record (missing: {', '.join(missing)})")
-            record.pop("config", None)
-            record["path"] = str(path.parent)
-            rows.append(labelled({**SCHEMA_1, **record}))
+            setup = experiment(record.pop("config", None))
+            rows.append({**SCHEMA_1, **record, "path": str(path.parent), "setup": setup})
     if not rows:
         raise LRAError(f"{runs}: no {RECORDS_FILE} found")
-    return pd.json_normalize(rows)
+    return pd.json_normalize([labelled(row) for row in with_setup_labels(rows)])
+
+
+def experiment(config: dict[str, Any] | None) -> dict[str, str]:
+    """What a record's config says of its experiment: every key as `a.b.c` -> its JSON value,
+    without the seed and the other keys that do not change what is measured."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        elif prefix:
+            flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
+
+    walk(config or {}, "")
+    for key in (*IDENTITY, *NOT_HASHED):
+        flat.pop(key, None)
+    return flat
+
+
+def with_setup_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with `setup` replaced by the text that tells its experiment apart from the others of
+    the same kind, hardware, task and row label ("" where they all share one)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["kind"], row["hardware"], row["task"], label(row["model"], row["techniques"], row["precision"],
+                                                                row["compression"]))
+        groups.setdefault(key, []).append(row)
+    for group in groups.values():
+        texts = setup_texts([row["setup"] for row in group])
+        for row in group:
+            row["setup"] = texts[canonical(row["setup"])]
+    return rows
+
+
+def canonical(setup: dict[str, str]) -> str:
+    return json.dumps(setup, sort_keys=True)
+
+
+def setup_texts(setups: list[dict[str, str]]) -> dict[str, str]:
+    """Per distinct setup (by `canonical`), the keys in which it differs from the others, with its
+    values: `trainer.max_steps=20, task.max_len=64`; "" when there is one setup."""
+    distinct = {canonical(setup): setup for setup in setups}
+    if len(distinct) == 1:
+        return dict.fromkeys(distinct, "")
+    keys = sorted({key for setup in distinct.values() for key in setup
+                   if len({setup.get(key) for setup in distinct.values()}) > 1})
+    texts = {}
+    for name, setup in distinct.items():
+        shown = [f"{key}={short(setup.get(key))}" for key in keys[:SHOWN_KEYS]]
+        more = [f"+{len(keys) - SHOWN_KEYS} more"] if len(keys) > SHOWN_KEYS else []
+        texts[name] = ", ".join(shown + more)
+    if len(set(texts.values())) < len(texts):  # the keys shown do not tell them apart: add the setup's hash
+        texts = {name: f"{text}, setup {hashlib.sha256(name.encode()).hexdigest()[:6]}" for name, text in texts.items()}
+    return texts
+
+
+def short(value: str | None) -> str:
+    """A config value as a row label shows it: unset, or its text, long ones cut to their end."""
+    if value is None:
+        return "unset"
+    text = str(json.loads(value)) if value.startswith('"') else value
+    return text if len(text) <= SHOWN_VALUE else "…" + text[-SHOWN_VALUE + 1:]
 
 
 def labelled(record: dict) -> dict:
-    """`record` with its row label as `model` (e.g. `full-sdpa + reversible + int8`), its attention
-    as `variant`, and as `base_model` the label without the compression: the model it was made from."""
+    """`record` with its row label as `model` (e.g. `full-sdpa + reversible + int8`, and its setup
+    where records of that label differ: `full-sdpa [trainer.max_steps=20]`), its attention as
+    `variant`, and as `base_model` the label without the compression: the model it was made from."""
     techniques = list(record["techniques"])
+    setup = record["setup"]
     return {**record, "variant": record["model"], "techniques": techniques,
-            "model": label(record["model"], techniques, record["precision"], record["compression"]),
-            "base_model": label(record["model"], techniques, record["precision"])}
+            "model": label(record["model"], techniques, record["precision"], record["compression"], setup),
+            "base_model": label(record["model"], techniques, record["precision"], setup=setup)}

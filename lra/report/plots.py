@@ -16,12 +16,14 @@ from lra.files import atomic_write
 from lra.report.accuracy import AVG
 from lra.report.cells import OURS, Group, groups
 from lra.report.efficiency import MEASURES
+from lra.report.uncertainty import flagged
 
 # Figures plotted against length: (file name prefix, what the y axis shows).
 SCALING = {"tokens_per_s": ("throughput", "throughput (tokens/s)"),
            "peak_memory_mb": ("memory", "peak memory (MB, {measures})")}
 BUBBLE_TASK, BUBBLE_LENGTH = "text", 4096  # LRA's Figure 3: training speed on the text task at 4K tokens
 MAX_BUBBLE = 3000.0  # area (points²) of the bubble of the largest memory
+CHANCE_MARK = " *"  # after the name of a model at chance on some task (not significantly above its majority rate)
 
 
 def scaling_plot(efficiency: pd.DataFrame, group: Group, figure: str) -> Figure | None:
@@ -63,8 +65,8 @@ def bubble_group(efficiency: pd.DataFrame, hardware: str) -> Group | None:
 
 def bubble_plot(accuracy: pd.DataFrame, efficiency: pd.DataFrame, hardware: str) -> Figure | None:
     """LRA's Figure 3 for `hardware`: training steps/s at 4096 tokens (else the longest measured
-    length) against average accuracy, bubble area proportional to peak memory; None when no
-    model has both a speed and an average."""
+    length) against average accuracy, bubble area proportional to peak memory, models at chance
+    on some task marked; None when no model has both a speed and an average."""
     group = bubble_group(efficiency, hardware)
     if group is None:
         return None
@@ -76,17 +78,21 @@ def bubble_plot(accuracy: pd.DataFrame, efficiency: pd.DataFrame, hardware: str)
     points = speed[["steps_per_s", "peak_memory_mb"]].join(avg.set_index("model")["value"], how="inner").dropna()
     if points.empty:
         return None
+    ours = accuracy[(accuracy["hardware"] == hardware) & (accuracy["source"] == OURS) & (accuracy["task"] != AVG)]
+    chance = ours.loc[ours["at_chance"].map(flagged), "model"].unique()
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.subplots()
     sizes = MAX_BUBBLE * points["peak_memory_mb"] / points["peak_memory_mb"].max()
     ax.scatter(points["steps_per_s"], points["value"], s=sizes, alpha=0.4)
     for model, point in points.iterrows():
-        ax.annotate(model, (point["steps_per_s"], point["value"]), ha="center", va="center", fontsize="small")
+        ax.annotate(model + (CHANCE_MARK if model in chance else ""), (point["steps_per_s"], point["value"]),
+                    ha="center", va="center", fontsize="small")
     which = "" if length == BUBBLE_LENGTH else f", the longest measured ({BUBBLE_LENGTH} was not)"
+    marked = f"\n{CHANCE_MARK.strip()}: at chance on at least one task" if points.index.isin(chance).any() else ""
     ax.set(xlabel=f"training steps/s at {length} tokens{which} ({group.task}, batch {group.batch_size})",
            ylabel="average test accuracy (%)",
            title=f"Speed, accuracy and memory, hardware {hardware}\n"
-                 f"bubble area ∝ peak memory (largest {points['peak_memory_mb'].max():.0f} MB)")
+                 f"bubble area ∝ peak memory (largest {points['peak_memory_mb'].max():.0f} MB){marked}")
     ax.margins(0.15)
     return fig
 

@@ -15,7 +15,8 @@ from lra.report.techniques import sparsity_cells, sparsity_tidy, techniques_cell
 
 # leaderboard.csv: one row per figure of a cell, blank where a column does not apply.
 TIDY = ["table", "source", "hardware", "task", "mode", "batch_size", "model", "seq_len", "metric", "value",
-        "std", "n", "failed", "status", "note"]
+        "std", "n", "failed", "status", "ci_low", "ci_high", "majority", "at_chance", "degenerate", "ties_best",
+        "examples", "note"]
 INTEGERS = ["batch_size", "seq_len", "n", "failed"]
 
 
@@ -46,5 +47,6 @@ def summarise(records: pd.DataFrame, reference: str | None = None) -> Summary:
     """The cells of `records` (from load_records), with the published rows of `reference` if named."""
     published = load_reference(reference) if reference else None
     efficiency = efficiency_cells(records, published)
-    return Summary(accuracy_cells(records, published), efficiency, crossover_cells(efficiency),
-                   techniques_cells(records), sparsity_cells(records))
+    accuracy = accuracy_cells(records, published)
+    return Summary(accuracy, efficiency, crossover_cells(efficiency), techniques_cells(records, accuracy),
+                   sparsity_cells(records))

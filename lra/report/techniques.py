@@ -13,10 +13,11 @@ import re
 
 import pandas as pd
 
-from lra.report.accuracy import accuracy_text
+from lra.report.accuracy import AT_CHANCE, DEGENERATE, accuracy_text, tested_cells
 from lra.report.cells import FP32, OURS, aggregate, label, ordered_tasks, sort_models
 from lra.report.efficiency import MEASURES
 from lra.report.table import MISSING, Table, number, ratio, status_text
+from lra.report.uncertainty import INTERVAL, flagged
 
 KINDS = ("train", "compress")  # the records of the techniques table
 ACCURACY = "test_accuracy"
@@ -26,10 +27,12 @@ COLUMNS = {"test acc %": ACCURACY, "train steps/s": "steps_per_s", "train peak M
 FIGURES = list(COLUMNS.values())
 KEYS = ["hardware", "task", "variant", "precision", "model"]
 CELLS = [*KEYS, "base", "n", "failed", "status", *FIGURES, *(f"{figure}_vs_base" for figure in FIGURES),
-         "train_measure", "infer_measure"]
+         *INTERVAL, "degenerate", "train_measure", "infer_measure"]
+# What a techniques cell takes from the accuracy cell of the same row: how sure its accuracy is.
+SURENESS = ["hardware", "task", "model", *INTERVAL, "degenerate"]
 PRUNED = re.compile(r"pruned (\d+(?:\.\d+)?)%")  # the compression of a pruned model: f"pruned {sparsity:.0%}"
-SPARSITY = ["hardware", "task", "base_model", "sparsity", "value", "std", "n", "failed", "status",
-            "finetune_min", "finetune_max"]
+SPARSITY = ["hardware", "task", "base_model", "sparsity", "value", "std", "n", "failed", "status", "examples",
+            "majority", *INTERVAL, "degenerate", "finetune_min", "finetune_max"]
 
 
 def by_kind(records: pd.DataFrame, metric: str) -> dict[str, pd.Series]:
@@ -40,16 +43,18 @@ def by_kind(records: pd.DataFrame, metric: str) -> dict[str, pd.Series]:
 
 
 def base_label(cell: pd.Series) -> str:
-    """The row a technique row is compared with: its variant alone at the same precision, so only
-    the technique differs; a row that differs from its variant by precision alone: the variant in fp32."""
-    alone = label(cell["variant"], (), cell["precision"])
-    return alone if cell["model"] != alone else label(cell["variant"])
+    """The row a technique row is compared with: its variant alone at the same precision (and in
+    the same setup, where runs of a name differ in more than the seed), so only the technique
+    differs; a row that differs from its variant by precision alone: the variant in fp32."""
+    alone = label(cell["variant"], (), cell["precision"], setup=cell["setup"])
+    return alone if cell["model"] != alone else label(cell["variant"], setup=cell["setup"])
 
 
-def techniques_cells(records: pd.DataFrame) -> pd.DataFrame:
+def techniques_cells(records: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     """Per hardware, task and row of a variant that has technique rows: accuracy % (its training
-    runs, else its lra-compress measurements), training and inference speed and memory, weights
-    MB, each over seeds, and each figure's ratio to the row's base (`base_label`)."""
+    runs, else its lra-compress measurements; with the interval and chance mark of its cell in
+    `accuracy`, the accuracy_cells), training and inference speed and memory, weights MB, each
+    over seeds, and each figure's ratio to the row's base (`base_label`)."""
     rows = records[records["kind"].isin(KINDS)]
     if rows.empty:
         return pd.DataFrame(columns=CELLS)
@@ -57,12 +62,14 @@ def techniques_cells(records: pd.DataFrame) -> pd.DataFrame:
     figures = {name: (name, "mean") for name in FIGURES if name != ACCURACY} | {
         "train_accuracy": ("train_test_accuracy", "mean"), "compress_accuracy": ("compress_test_accuracy", "mean"),
         "train_measure": ("train_memory_measure", "joined"), "infer_measure": ("compress_memory_measure", "joined")}
-    cells = aggregate(rows, KEYS, figures)
+    cells = aggregate(rows, [*KEYS, "setup"], figures)
     cells[ACCURACY] = 100 * cells.pop("train_accuracy").fillna(cells.pop("compress_accuracy"))
     cells["base"] = cells.apply(base_label, axis=1)
     varied = cells["model"].ne(cells["base"]).groupby([cells["hardware"], cells["task"], cells["variant"]])
     order = ordered_tasks(cells["task"])
     cells = sort_models(with_base_ratios(cells[varied.transform("any")]))
+    sureness = accuracy.loc[accuracy["source"].eq(OURS), SURENESS]
+    cells = cells.merge(sureness, on=["hardware", "task", "model"], how="left").set_index(cells.index)
     cells = cells.sort_values("task", key=lambda tasks: tasks.map(order.index), kind="stable")
     return cells.reindex(columns=CELLS).reset_index(drop=True)
 
@@ -81,20 +88,30 @@ def techniques_tidy(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per figure and ratio of each techniques cell (a failed cell: its accuracy row,
     without a value, for its status); a ratio's note names the row it is over."""
     ratios = [f"{figure}_vs_base" for figure in FIGURES]
-    tidy = cells.melt(id_vars=["hardware", "task", "model", "base", "n", "failed", "status"],
+    sureness = [*INTERVAL, "degenerate"]
+    tidy = cells.melt(id_vars=["hardware", "task", "model", "base", "n", "failed", "status", *sureness],
                       value_vars=[*FIGURES, *ratios], var_name="metric")
     tidy = tidy[tidy["value"].notna() | (tidy["status"].ne("ok") & tidy["metric"].eq(ACCURACY))]
+    tidy[sureness] = tidy[sureness].where(tidy["metric"].eq(ACCURACY), axis=0)  # of the accuracy alone
     note = ("over " + tidy["base"]).where(tidy["metric"].isin(ratios))
     metric = tidy["metric"].replace(ACCURACY, "test_accuracy_pct")  # a percentage, as in the accuracy table
     return tidy.drop(columns="base").assign(table="techniques", source=OURS, metric=metric, note=note)
 
 
 def technique_text(cell: pd.Series, figure: str) -> str:
-    """A figure, then its ratio to the base row unless this is one (`12.3 (0.81×)`)."""
+    """A figure, then its ratio to the base row unless this is one (`12.3 (0.81×)`); an accuracy
+    with its interval and chance mark as in the accuracy table (`31.80 [28.9, 34.8] (1.01×) (chance)`)."""
     if pd.isna(cell[figure]):
         return MISSING
-    text = f"{cell[figure]:.2f}" if figure == ACCURACY else number(cell[figure])
-    return text if cell["model"] == cell["base"] else f"{text} ({ratio(cell[f'{figure}_vs_base'])})"
+    accuracy = figure == ACCURACY
+    text = f"{cell[figure]:.2f}" if accuracy else number(cell[figure])
+    if accuracy and not pd.isna(cell["ci_low"]):
+        text += f" [{cell['ci_low']:.1f}, {cell['ci_high']:.1f}]"
+    if cell["model"] != cell["base"]:
+        text += f" ({ratio(cell[f'{figure}_vs_base'])})"
+    if accuracy and flagged(cell["at_chance"]):
+        text += f" {AT_CHANCE}"
+    return text + (DEGENERATE if accuracy and flagged(cell["degenerate"]) else "")
 
 
 def techniques_table(cells: pd.DataFrame) -> Table:
@@ -121,7 +138,8 @@ def techniques_notes(cells: pd.DataFrame) -> list[str]:
         "(0.81×): the figure over that of the variant alone at the same precision (a row that differs by its "
         f"precision alone: over the variant in {FP32}), on this hardware and task; —: not measured.",
         "test acc %: mean over seeds of test accuracy, from the training runs, or for a compressed row from "
-        "lra-compress. Other figures: means over seeds.",
+        f"lra-compress, with its 95% interval and {AT_CHANCE} as in the accuracy table. Other figures: means over "
+        "seeds.",
         "train steps/s, train peak MB: the training runs (lra-train); peak memory: "
         f"{measures(cells, 'train_measure')}.",
         "infer steps/s, infer peak MB: measured on the CPU by lra-compress (int8 dynamic quantization runs on the "
@@ -156,10 +174,8 @@ def sparsity_cells(records: pd.DataFrame) -> pd.DataFrame:
     rows = pd.concat([float_models, pruned], ignore_index=True)
     measured = rows.pop("metrics.sparsity") if "metrics.sparsity" in rows else [float("nan")] * len(rows)
     rows["sparsity"] = [sparsity_level(*pair) for pair in zip(rows["compression"], measured)]
-    figures = {"value": (ACCURACY, "mean"), "std": (ACCURACY, "std"),
-               "finetune_min": ("finetune_steps", "min"), "finetune_max": ("finetune_steps", "max")}
-    cells = aggregate(rows, [*keys, "sparsity"], figures).sort_values([*keys, "sparsity"], kind="stable")
-    cells[["value", "std"]] *= 100
+    extra = {"finetune_min": ("finetune_steps", "min"), "finetune_max": ("finetune_steps", "max")}
+    cells = tested_cells(rows, [*keys, "sparsity"], extra).sort_values([*keys, "sparsity"], kind="stable")
     return cells.reindex(columns=SPARSITY).reset_index(drop=True)
 
 
@@ -188,7 +204,8 @@ def sparsity_notes(cells: pd.DataFrame) -> list[str]:
     steps = ("some" if pd.isna(low) else f"{low:g}" if low == high else f"{low:g} to {high:g}")
     return [f"Columns: the fraction of the linear layers' weights set to zero by global magnitude pruning, then "
             f"{steps} fine-tuning steps (metrics.finetune_steps); 0%: the model as trained, measured in the same "
-            "lra-compress job. Cells: mean ± sample std of test accuracy over seeds."]
+            "lra-compress job. Cells as in the accuracy table: test accuracy % (mean ± sample std over seeds), "
+            f"its 95% interval, {AT_CHANCE} where not significantly above the majority-class rate."]
 
 
 def techniques_tables(techniques: pd.DataFrame, sparsity: pd.DataFrame) -> list[Table]:

@@ -4,18 +4,23 @@ Keys are the queries, normalised to unit length (shared QK), so a query is most 
 a token attends to itself only when nothing else is available. Each of `n_hashes` rounds hashes
 the vectors by a random rotation R (bucket = argmax over [xR, -xR]), sorts positions by
 (bucket, position), cuts the sorted sequence into chunks of `bucket_size`, and lets each chunk
-attend to itself and to the previous chunk (the first chunk to the last). Outputs are unsorted
-and the rounds combined with weights softmax(logsumexp of each round's scores), which is the
-softmax over the union of the keys every round saw (duplicates counted once per round).
+attend to itself and to the previous chunk (the first chunk to the last chunk holding a real
+token). Outputs are unsorted and the rounds combined with weights softmax(logsumexp of each
+round's scores), which is the softmax over the union of the keys every round saw (duplicates
+counted once per round).
 
-Padding never reaches real outputs: padded positions (the caller's and the ones added to make the
-length a multiple of 2 * bucket_size) get a bucket of their own sorted after every real one, so
-the real tokens fill the first sorted slots whatever values the padding holds, and padded keys
-are masked in the scores.
+Padding never reaches real outputs, and the padded length of a batch never changes them: the
+number of buckets comes from max_len (rounded up to a multiple of 2 * bucket_size), as if every
+input were padded to max_len, so a token's bucket depends on its vector alone. Padded positions
+(the caller's and the ones added to make the length a multiple of 2 * bucket_size) get a bucket
+of their own sorted after every real one, so the real tokens fill the first sorted slots in the
+same order whatever the padding holds or however long it is, and padded keys are masked in the
+scores. The first chunk's wrap-around goes to the last chunk with a real token, not the last
+chunk of the padded length (which, padded further, would hold padding instead).
 
 Memory is linear in length: scores are (chunks, bucket_size, 2 * bucket_size) per round. The
-transient rotated vectors of the hash are length x n_buckets / 2 per round (length^2 / 128 with
-the default bucket size); they are built without autograd and freed before the attention.
+transient rotated vectors of the hash are length x n_buckets / 2 per round (length x max_len / 128
+with the default bucket size); they are built without autograd and freed before the attention.
 """
 
 from __future__ import annotations
@@ -79,10 +84,10 @@ class LSHAttention(Attention):
         self.redraw = config.redraw
         self.dropout = config.dropout
         self.max_len = max_len
-        # Rotations for the largest bucket count; a shorter input uses the first columns (still
-        # independent Gaussians). Used in eval, and in training unless redrawn.
-        max_buckets = padded_length(max_len, self.bucket_size) // self.bucket_size
-        self.register_buffer("rotations", torch.randn(self.n_hashes, head_dim, max_buckets // 2))
+        # The same bucket count at every length (that of max_len), so a token's bucket never depends
+        # on how far its batch is padded. Fixed rotations are used in eval, and in training unless redrawn.
+        self.n_buckets = padded_length(max_len, self.bucket_size) // self.bucket_size
+        self.register_buffer("rotations", torch.randn(self.n_hashes, head_dim, self.n_buckets // 2))
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
@@ -106,17 +111,16 @@ class LSHAttention(Attention):
         """Positions sorted by (bucket, position) in every round: (batch, heads, rounds, length).
 
         `length` is a multiple of 2 * bucket_size; `real` (batch, length) is True at real tokens,
-        or None. Padded positions get bucket n_buckets, so they sort after every real one.
+        or None. Padded positions get bucket n_buckets, so they sort after every real one. Redrawn
+        rotations have the shape of the fixed ones, so the draw does not depend on the length either.
         """
-        n_buckets = q.shape[-2] // self.bucket_size
-        shape = (self.n_hashes, q.shape[-1], n_buckets // 2)
         if self.training and self.redraw:
-            rotations = torch.randn(shape, device=q.device, dtype=self.rotations.dtype)
+            rotations = torch.randn(self.rotations.shape, device=q.device, dtype=self.rotations.dtype)
         else:
-            rotations = self.rotations[..., : n_buckets // 2]
+            rotations = self.rotations
         buckets = hash_buckets(q, rotations)
         if real is not None:
-            buckets = buckets.masked_fill(~real[:, None, None, :], n_buckets)
+            buckets = buckets.masked_fill(~real[:, None, None, :], self.n_buckets)
         return buckets.sort(dim=-1, stable=True).indices
 
     def chunked_attention(
@@ -125,14 +129,17 @@ class LSHAttention(Attention):
         """Attention of every sorted chunk to itself and its predecessor, unsorted and combined.
 
         Layout: the sorted rows of each (sample, head, round) are gathered as one block preceded
-        by a copy of its last chunk; all blocks laid end to end, windows of two chunks with a
-        stride of one chunk are views (`unfold`), window w serving the queries of chunk w + 1.
-        The windows whose query chunk is such a copy are computed and never read.
+        by a copy of the chunk its first chunk wraps around to (`wrapped_chunk`); all blocks laid
+        end to end, windows of two chunks with a stride of one chunk are views (`unfold`), window w
+        serving the queries of chunk w + 1. The windows whose query chunk is such a copy are
+        computed and never read.
         """
         batch, heads, length, dim = q.shape
         size, rounds = self.bucket_size, self.n_hashes
         with torch.no_grad():
-            rows = _sorted_rows(order, size)
+            count = q.new_full((batch,), length, dtype=torch.long) if real_count is None else real_count
+            wrap = wrapped_chunk(count, size)
+            rows = _sorted_rows(order, wrap, size)
             unsort = _unsorted_rows(order, size)
         sorted_q = q.reshape(-1, dim)[rows]
         sorted_v = v.reshape(-1, dim)[rows]
@@ -142,7 +149,7 @@ class LSHAttention(Attention):
         scores = queries @ keys  # (windows, size, 2 * size): [previous chunk, own chunk]
         scores.diagonal(offset=size, dim1=1, dim2=2).fill_(SELF_LOGIT)
         if real_count is not None:
-            scores = mask_scores(scores, _real_keys(real_count, heads, rounds, length, size)[:, None, :])
+            scores = mask_scores(scores, _real_keys(real_count, wrap, heads, rounds, length, size)[:, None, :])
         probs = F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)
         out = (probs @ values).view(-1, dim)[unsort].view(batch, heads, rounds, length, dim)
         if rounds == 1:
@@ -151,11 +158,25 @@ class LSHAttention(Attention):
         return (out * lse.softmax(dim=2)).sum(dim=2)
 
 
-def _sorted_rows(order: torch.Tensor, size: int) -> torch.Tensor:
+def wrapped_chunk(real_count: torch.Tensor, size: int) -> torch.Tensor:
+    """(batch,) the sorted chunk that the first chunk of each sample attends as its previous one:
+    the last chunk holding a real token, c - 1 for c = ceil(real_count / size) chunks, or chunk 1
+    when only the first does (then padding, masked: the padded length holds at least two chunks).
+
+    Real tokens fill the first sorted slots, so this chunk is the same however far the sample is
+    padded; without padding it is the last chunk.
+    """
+    chunks = (real_count + size - 1) // size
+    return (chunks - 1).clamp(min=1)
+
+
+def _sorted_rows(order: torch.Tensor, wrap: torch.Tensor, size: int) -> torch.Tensor:
     """Row indices into (batch * heads * length, dim) of the sorted layout `chunked_attention`
-    describes: per (sample, head, round), its last sorted chunk, then all sorted positions."""
-    batch, heads, _, length = order.shape
-    wrapped = torch.cat([order[..., -size:], order], dim=-1)
+    describes: per (sample, head, round), its sorted chunk `wrap` (per sample), then all sorted
+    positions."""
+    batch, heads, rounds, length = order.shape
+    copied = (wrap.view(batch, 1, 1, 1) * size + torch.arange(size, device=order.device)).expand(-1, heads, rounds, -1)
+    wrapped = torch.cat([order.gather(-1, copied), order], dim=-1)
     offsets = torch.arange(batch * heads, device=order.device).view(batch, heads, 1, 1) * length
     return (wrapped + offsets).flatten()
 
@@ -170,10 +191,12 @@ def _unsorted_rows(order: torch.Tensor, size: int) -> torch.Tensor:
     return (inverse + blocks * (length + size)).flatten()
 
 
-def _real_keys(real_count: torch.Tensor, heads: int, rounds: int, length: int, size: int) -> torch.Tensor:
+def _real_keys(
+    real_count: torch.Tensor, wrap: torch.Tensor, heads: int, rounds: int, length: int, size: int
+) -> torch.Tensor:
     """(windows, 2 * size) bool: which keys of each window are real. Real tokens fill the first
     real_count sorted slots of every round, so this needs no gather."""
-    slots = torch.arange(length, device=real_count.device)
-    slots = torch.cat([slots[-size:], slots])
+    copied = wrap[:, None] * size + torch.arange(size, device=wrap.device)
+    slots = torch.cat([copied, torch.arange(length, device=wrap.device).expand(len(wrap), -1)], dim=-1)
     real = (slots < real_count[:, None])[:, None, None, :].expand(-1, heads, rounds, -1)
     return real.flatten().unfold(0, 2 * size, size)

@@ -7,6 +7,12 @@ keys every query sees, and attends them under an exact token-level mask in one f
 No n x n tensor exists: per query, time and memory are the gathered plus the global keys. Each
 variant is just its layout, built once per number of blocks and cached, so a layout (BigBird's
 random blocks included) is the same in training and eval and at every call.
+
+A layout depends on positions only, never on the padded length of the batch: the pattern over n
+tokens is the top-left n x n corner of the pattern over max_len. Local, Sparse Transformer,
+Longformer and ETC patterns are defined position by position; BigBird's random and last global
+blocks are laid out over max_len's blocks and cropped to n (`crop_blocks`). So padding a sample
+further never changes what its real tokens attend, and its outputs never depend on its batch.
 """
 
 from __future__ import annotations
@@ -98,6 +104,14 @@ def make_layout(
         queries = torch.arange(num_blocks * block).view(1, num_blocks, block, 1)
         allowed = allowed & ((queries - keys).abs() <= band)
     return BlockLayout(block, blocks.clamp(min=0), allowed.contiguous(), global_keys, global_queries)
+
+
+def crop_blocks(blocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """The first `num_blocks` query blocks of `blocks` ((heads or 1, more blocks, m), laid out over
+    a longer sequence), with the slots that point beyond them emptied (-1): in the longer sequence
+    those keys would be padding, which no real query attends."""
+    cropped = blocks[:, :num_blocks]
+    return cropped.masked_fill(cropped >= num_blocks, -1)
 
 
 def neighbour_blocks(num_blocks: int, reach: int) -> torch.Tensor:
@@ -218,7 +232,9 @@ class BlockSparseAttention(Attention):
         self._layouts: dict[tuple[int, torch.device], BlockLayout] = {}
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
-        """The layout of a sequence of `num_blocks` blocks, on the CPU."""
+        """The layout of a sequence of `num_blocks` blocks, on the CPU: the first `num_blocks` query
+        blocks of the layout of any longer sequence, with no key beyond them, so that padding a
+        sequence further never changes what its tokens attend."""
         raise NotImplementedError
 
     def layout(self, n: int, device: torch.device) -> BlockLayout:
@@ -308,11 +324,15 @@ class BigBirdAttentionConfig(AttentionConfig):
 class BigBirdAttention(BlockSparseAttention):
     """BigBird's block-sparse pattern (Zaheer et al., 2020): global, sliding-window and random blocks.
 
-    The global blocks (the first ceil(g / 2) and the last floor(g / 2)) attend and are attended by
+    The layout is drawn once over the blocks of `max_len` and cropped to each input's blocks, as if
+    every input were padded to max_len (as BigBird and LRA pad them): the global blocks are the first
+    ceil(g / 2) and the last floor(g / 2) whole blocks of max_len, and attend and are attended by
     every position. Every other query block attends its `window_blocks` neighbouring blocks and
-    `random_blocks` blocks drawn per head, without repeats, among the rest. The draw uses a
-    torch.Generator seeded with `seed`, so it is fixed for a given number of blocks, identical in
-    training and eval, and kept at every length (no switch to full attention for short inputs).
+    `random_blocks` blocks drawn per head, without repeats, among the rest of max_len's blocks. The
+    draw uses a torch.Generator seeded with `seed`, so it is fixed, identical in training and eval,
+    and kept at every length (no switch to full attention for short inputs). A shorter input keeps
+    the slots of its own blocks only: it sees fewer random blocks, and the last global blocks only
+    once it reaches them, exactly what it would see padded to max_len, whatever its batch.
     """
 
     def __init__(self, config: BigBirdAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
@@ -323,16 +343,21 @@ class BigBirdAttention(BlockSparseAttention):
         self.global_blocks = _at_least("global_blocks", config.global_blocks, 0)
         self.seed = config.seed
         self.num_heads = num_heads
+        self.max_blocks = math.ceil(max_len / self.block)
+        self.whole_blocks = max_len // self.block
 
-    def global_block_ids(self, num_blocks: int) -> torch.Tensor:
-        """The global blocks: the first ceil(g / 2) and the last floor(g / 2) blocks."""
-        first = torch.arange(min(num_blocks, (self.global_blocks + 1) // 2))
-        last = torch.arange(max(0, num_blocks - self.global_blocks // 2), num_blocks)
+    def global_block_ids(self) -> torch.Tensor:
+        """The global blocks of max_len: the first ceil(g / 2) blocks and the last floor(g / 2) whole
+        ones. Whole: the encoder's CLS token makes max_len one more than a task's length, which would
+        otherwise leave a last global block of a single token."""
+        first = torch.arange(min(self.max_blocks, (self.global_blocks + 1) // 2))
+        last = torch.arange(max(0, self.whole_blocks - self.global_blocks // 2), self.whole_blocks)
         return torch.cat([first, last]).unique()
 
-    def random_block_ids(self, num_blocks: int, global_blocks: torch.Tensor) -> torch.Tensor:
-        """(heads, num_blocks, r): per head and non-global query block, `random_blocks` distinct blocks
-        drawn uniformly outside its window and the global blocks; -1 where fewer remain."""
+    def random_block_ids(self, global_blocks: torch.Tensor) -> torch.Tensor:
+        """(heads, max_blocks, r): per head and non-global query block of max_len, `random_blocks`
+        distinct blocks drawn uniformly outside its window and the global blocks; -1 where fewer remain."""
+        num_blocks = self.max_blocks
         block_ids = torch.arange(num_blocks)
         candidate = (block_ids[:, None] - block_ids).abs() > self.window_blocks // 2
         candidate[global_blocks, :] = False
@@ -343,14 +368,17 @@ class BigBirdAttention(BlockSparseAttention):
         return chosen.masked_fill(~candidate.expand_as(draw).gather(-1, chosen), -1)
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
+        if num_blocks > self.max_blocks:
+            raise ValueError(f"sequence of {num_blocks} blocks of {self.block} exceeds the attention's max_len "
+                             f"({self.max_blocks} blocks)")
         # Global keys are whole blocks here: gathered with the others (not appended to every block).
-        global_blocks = self.global_block_ids(num_blocks)
-        window = neighbour_blocks(num_blocks, self.window_blocks // 2)
-        random = self.random_block_ids(num_blocks, global_blocks)
-        heads = self.num_heads
-        blocks = torch.cat([global_blocks.expand(heads, num_blocks, -1), window.expand(heads, -1, -1), random], dim=-1)
-        global_positions = _key_positions(global_blocks[None, None], self.block).flatten()
-        return make_layout(self.block, blocks, global_queries=global_positions)
+        global_blocks = self.global_block_ids()
+        window = neighbour_blocks(self.max_blocks, self.window_blocks // 2)
+        random = self.random_block_ids(global_blocks)
+        heads, max_blocks = self.num_heads, self.max_blocks
+        blocks = torch.cat([global_blocks.expand(heads, max_blocks, -1), window.expand(heads, -1, -1), random], dim=-1)
+        global_positions = _key_positions(global_blocks[global_blocks < num_blocks][None, None], self.block).flatten()
+        return make_layout(self.block, crop_blocks(blocks, num_blocks), global_queries=global_positions)
 
 
 @dataclass
