@@ -394,7 +394,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics["memory_measure"] = state.memory_measure
     record = make_record(
         cfg, kind="train", status="ok" if diverged is None else "diverged", error=diverged, metrics=metrics,
-        seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, device=device, wall_s=time.perf_counter() - started,
+        seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, device=device,
+        wall_s=time.perf_counter() - started,
     )
     if writes:
         path = write_records(run_dir, [record])

@@ -441,8 +441,8 @@ def load(config: ListOpsConfig, root: Path, generate: bool, progress: bool) -> T
         if not generate:
             raise missing_data(
                 "ListOps files", f"{', '.join(SPLIT_FILES.values())} in {directory} (data.generate=false)",
-                f"run `{generate_command('listops', directory, settings)}`, set data.generate=true, or point data.root at "
-                "the unpacked LRA release"
+                f"run `{generate_command('listops', directory, settings)}`, set data.generate=true, "
+                "or point data.root at the unpacked LRA release"
             )
         write_release(directory, **settings, progress=progress)
     check_generated(directory / SETTINGS_FILE, settings)

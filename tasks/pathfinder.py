@@ -144,8 +144,8 @@ def load(config: PathfinderConfig, root: Path, generate: bool, progress: bool) -
         if not generate:
             raise missing_data(
                 f"Pathfinder images (task={config.name})", f"{folder}/metadata/*.npy (data.generate=false)",
-                f"run `{generate_command('pathfinder', root / config.dir, settings)}`, set data.generate=true, or point "
-                "data.root at the unpacked LRA release",
+                f"run `{generate_command('pathfinder', root / config.dir, settings)}`, "
+                "set data.generate=true, or point data.root at the unpacked LRA release",
             )
         write_release(root / config.dir, resolution=config.resolution, difficulty=difficulty,
                       count=config.generate.count, seed=config.generate.seed, progress=progress)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import io
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from omegaconf import DictConfig
 from PIL import Image
+
+from lra.errors import LRAError
+from runners.data import cli
+from tasks import load_task
+from tasks.batching import TaskData
 
 REVIEWS = ["a good film", "naïve, but — fun ✓", "bad " * 40, "", "ok"]  # multi-byte UTF-8, long, empty
 
@@ -67,3 +76,14 @@ def write_pathfinder_tree(folder: Path, batches: int = 2, per_batch: int = 10, s
             lines.append(f"imgs/{batch} sample_{i}.png {i} {label} 14 2 6\n")
         (folder / "metadata").mkdir(parents=True, exist_ok=True)
         (folder / "metadata" / f"{batch}.npy").write_text("".join(lines))
+
+
+def follow_the_missing_data_hint(cfg: DictConfig) -> TaskData:
+    """The task of `cfg` (data.generate=false, its data missing) loaded after running, as printed,
+    the `lra-data` command its missing-data error gives."""
+    with pytest.raises(LRAError) as error:
+        load_task(cfg.task, cfg.data, progress=False)
+    program, *args = shlex.split(re.search(r"run `([^`]+)`", str(error.value)).group(1))
+    assert program == "lra-data"
+    cli(args)
+    return load_task(cfg.task, cfg.data, progress=False)  # the settings check passes: what the task asks for

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -18,7 +16,8 @@ import torch
 
 from lra.errors import LRAError
 from runners.data import cli
-from tasks import listops, load_task
+from tasks import listops
+from tests.task_fixtures import follow_the_missing_data_hint
 
 SMALL = {"train": 300, "val": 50, "test": 50, "min_len": 5, "max_len": 100, "seed": 0}
 DEEP = {"train": 60, "val": 10, "test": 10, "min_len": 100, "max_len": 400, "max_depth": 14,
@@ -249,13 +248,8 @@ def test_cli_writes_the_release(tmp_path, capsys):
 
 
 def test_the_missing_data_hint_runs_as_printed_and_the_task_then_loads(tiny_cfg):
-    cfg = tiny_cfg("data.generate=false", "task.generate.seed=3", "task.generate.max_depth=6")
-    with pytest.raises(LRAError) as error:
-        load_task(cfg.task, cfg.data, progress=False)
-    program, *args = shlex.split(re.search(r"run `([^`]+)`", str(error.value)).group(1))
-    assert program == "lra-data"
-    cli(args)
-    data = load_task(cfg.task, cfg.data, progress=False)  # the settings check passes: what the task asks for
+    data = follow_the_missing_data_hint(tiny_cfg("data.generate=false", "task.generate.seed=3",
+                                                 "task.generate.max_depth=6"))
     assert [len(data.train), len(data.val), len(data.test)] == [400, 64, 64]
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
-import shlex
 import threading
 from pathlib import Path
 
@@ -22,11 +20,12 @@ from lra.errors import LRAError
 from lra.files import exclusive
 from lra.records import read_records
 from models.encoder import Classifier
-from runners.data import cli as data_cli
 from tasks import image, load_task, pathfinder, retrieval, text
 from tasks.cache import CACHE_DIR
 from tests.conftest import REPO, compose_config, run_cli
-from tests.task_fixtures import REVIEWS, png_bytes, write_aan, write_cifar, write_imdb, write_pathfinder_tree
+from tests.task_fixtures import (
+    REVIEWS, follow_the_missing_data_hint, png_bytes, write_aan, write_cifar, write_imdb, write_pathfinder_tree,
+)
 
 TINY = ["model.num_layers=1", "model.dim=32", "model.num_heads=2", "model.mlp_dim=32", "trainer.batch_size=4",
         "trainer.max_steps=4", "trainer.eval_every=4", "trainer.checkpoint_every=4", "trainer.eval_batches=2",
@@ -259,14 +258,9 @@ def test_pathfinder_without_data_and_generation_off_says_how_to_get_it(tmp_path:
 
 
 def test_the_missing_pathfinder_hint_runs_as_printed_and_the_task_then_loads(tmp_path: Path):
-    cfg = compose_config("task=pathfinder", f"data.root={tmp_path}", "data.generate=false", "task.difficulty=easy",
-                         "task.generate.count=24", "task.generate.seed=3")
-    with pytest.raises(LRAError) as error:
-        load_task(cfg.task, cfg.data, progress=False)
-    program, *args = shlex.split(re.search(r"run `([^`]+)`", str(error.value)).group(1))
-    assert program == "lra-data"
-    data_cli(args)
-    data = load_task(cfg.task, cfg.data, progress=False)  # the settings check passes: what the task asks for
+    data = follow_the_missing_data_hint(compose_config(
+        "task=pathfinder", f"data.root={tmp_path}", "data.generate=false", "task.difficulty=easy",
+        "task.generate.count=24", "task.generate.seed=3"))
     assert [len(data.train), len(data.val), len(data.test)] == [19, 2, 3]
 
 

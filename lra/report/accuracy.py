@@ -177,13 +177,17 @@ def tie_notes(table: pd.DataFrame) -> list[str]:
         if len(rated) < 2:
             continue
         best = rated.loc[rated["value"].idxmax()]
-        tied = rated[rated["ties_best"].map(flagged) & rated.index.to_series().ne(best.name)]
-        lead = f"{task}: the best row, {best['model']} ({best['value']:.2f})"
+        others = rated.drop(index=best.name)
+        tied, apart = others[others["ties_best"].map(flagged)], others[~others["ties_best"].map(flagged)]
+        lead = f"{task}: the best row, {best['model']} ({best['value']:.2f}),"
         if tied.empty:
-            notes.append(f"{lead}, is ahead of every other row by more than the noise.")
-        elif len(tied) == len(rated) - 1:
-            notes.append(f"{lead}, is within noise of every other row: this task does not rank them.")
-        else:
-            notes.append(f"{lead}, is within noise of {', '.join(tied['model'])}; the other rows are below it "
+            notes.append(f"{lead} is ahead of every other row by more than the noise.")
+        elif apart.empty:
+            notes.append(f"{lead} is within noise of every other row: this task does not rank them.")
+        elif len(tied) <= len(apart):
+            notes.append(f"{lead} is within noise of {', '.join(tied['model'])}; the other rows are below it "
                          "by more than the noise.")
+        else:
+            notes.append(f"{lead} is within noise of every other row but {', '.join(apart['model'])}, which are "
+                         "below it by more than the noise.")
     return notes
