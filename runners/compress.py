@@ -49,12 +49,11 @@ from lra.config import CONF_DIR
 from lra.errors import LRAError, one_line
 from lra.jobs import run_job
 from lra.measure import is_out_of_memory, median_seconds, peak_memory
-from lra.predictions import class_counts, split_metrics
 from lra.optim import build_optimizer
 from lra.records import make_record, write_records
 from models.attention import Attention
 from runners.bench import inputs
-from runners.train import Trainee, predict, setup_device, train_step
+from runners.train import Trainee, evaluate, predict, scored, setup_device, train_step
 from runners.trained import trained_config, trained_model, trained_record
 from tasks import load_task
 from tasks.batching import StepBatches, TaskData, pad_batch
@@ -172,8 +171,8 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
             model(tokens, mask)
         seconds = median_seconds(lambda: model(tokens, mask), min_run_time=cfg.compress.min_run_time, warmup=False)
     metrics = {
-        **scored("test", predicted, labels, cfg),
-        **scored("val", *predict(model, data.val, cfg, CPU), cfg),
+        **scored("test", predicted, labels, cfg, CPU),
+        **evaluate(model, data.val, cfg, CPU, "val"),
         "prediction_agreement": 1.0 if reference is None else float((predicted == reference).float().mean()),
         "infer_steps_per_s": 1 / seconds,
         "infer_tokens_per_s": batch * tokens[0].numel() / seconds,
@@ -183,13 +182,6 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
         "sparsity": sparsity(model, layers),
     }
     return metrics
-
-
-def scored(split: str, predicted: torch.Tensor, labels: torch.Tensor, cfg: DictConfig) -> dict[str, Any]:
-    """The `lra.predictions` metrics of predictions on a whole split."""
-    classes = cfg.task.num_classes
-    return split_metrics(split, int((predicted == labels).sum()), class_counts(predicted, classes),
-                         class_counts(labels, classes))
 
 
 Compressor = Callable[[nn.Module], nn.Module]

@@ -156,7 +156,13 @@ def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, 
              split: str, limit: int | None = None) -> dict[str, Any]:
     """The `lra.predictions` metrics of `split` on `dataset` (its first `limit` examples, when
     given; else all of it), over every process's share."""
-    predicted, labels = predict(model, dataset, cfg, device, limit)
+    return scored(split, *predict(model, dataset, cfg, device, limit), cfg, device)
+
+
+def scored(split: str, predicted: torch.Tensor, labels: torch.Tensor, cfg: DictConfig,
+           device: torch.device) -> dict[str, Any]:
+    """The `lra.predictions` metrics of this process's `predicted` and true `labels` and every
+    other process's."""
     classes = task_config(cfg.task).num_classes
     counts = distributed.all_sum([int((predicted == labels).sum()), *class_counts(predicted, classes),
                                   *class_counts(labels, classes)], device)

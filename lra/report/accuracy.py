@@ -10,8 +10,6 @@ sit beside ours, and the notes say which rows the best of each task is not told 
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from lra.report.cells import OURS, aggregate, ordered_tasks, sort_models
@@ -112,16 +110,23 @@ def accuracy_text(cell: pd.Series) -> str:
     was a degenerate predictor; failed seeds counted; OOM or FAIL if none gave a number."""
     if pd.isna(cell["value"]):
         return MISSING if cell["task"] == AVG else status_text(cell["status"])
-    n = 1 if pd.isna(cell.get("n")) else int(cell["n"])
-    failed = 0 if pd.isna(cell.get("failed")) else int(cell["failed"])
+    n = 1 if pd.isna(cell["n"]) else int(cell["n"])
+    failed = 0 if pd.isna(cell["failed"]) else int(cell["failed"])
     text = f"{cell['value']:.2f}" + (f" ± {cell['std']:.2f}" if n > 1 else "")
     counts = ([str(n)] if n > 1 or failed else []) + ([f"{failed} FAIL"] if failed else [])
     text += f" ({', '.join(counts)})" if counts else ""
-    if not pd.isna(cell.get("ci_low", math.nan)):
-        text += f" [{cell['ci_low']:.1f}, {cell['ci_high']:.1f}]"
-    if flagged(cell.get("at_chance")):
-        text += f" {AT_CHANCE}"
-    return text + (DEGENERATE if flagged(cell.get("degenerate")) else "")
+    return text + interval_text(cell) + marks_text(cell)
+
+
+def interval_text(cell: pd.Series) -> str:
+    """` [low, high]`, the cell's 95% interval, or nothing without one."""
+    return "" if pd.isna(cell["ci_low"]) else f" [{cell['ci_low']:.1f}, {cell['ci_high']:.1f}]"
+
+
+def marks_text(cell: pd.Series) -> str:
+    """` (chance)` where the cell is not significantly above the majority rate, `†` where a run was
+    a degenerate predictor."""
+    return (f" {AT_CHANCE}" if flagged(cell["at_chance"]) else "") + (DEGENERATE if flagged(cell["degenerate"]) else "")
 
 
 def accuracy_tables(cells: pd.DataFrame) -> list[Table]:

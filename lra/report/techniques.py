@@ -13,11 +13,11 @@ import re
 
 import pandas as pd
 
-from lra.report.accuracy import AT_CHANCE, DEGENERATE, accuracy_text, tested_cells
+from lra.report.accuracy import AT_CHANCE, accuracy_text, interval_text, marks_text, tested_cells
 from lra.report.cells import FP32, OURS, aggregate, label, ordered_tasks, sort_models
 from lra.report.efficiency import MEASURES
 from lra.report.table import MISSING, Table, number, ratio, status_text
-from lra.report.uncertainty import INTERVAL, flagged
+from lra.report.uncertainty import INTERVAL
 
 KINDS = ("train", "compress")  # the records of the techniques table
 ACCURACY = "test_accuracy"
@@ -104,14 +104,10 @@ def technique_text(cell: pd.Series, figure: str) -> str:
     if pd.isna(cell[figure]):
         return MISSING
     accuracy = figure == ACCURACY
-    text = f"{cell[figure]:.2f}" if accuracy else number(cell[figure])
-    if accuracy and not pd.isna(cell["ci_low"]):
-        text += f" [{cell['ci_low']:.1f}, {cell['ci_high']:.1f}]"
+    text = f"{cell[figure]:.2f}{interval_text(cell)}" if accuracy else number(cell[figure])
     if cell["model"] != cell["base"]:
         text += f" ({ratio(cell[f'{figure}_vs_base'])})"
-    if accuracy and flagged(cell["at_chance"]):
-        text += f" {AT_CHANCE}"
-    return text + (DEGENERATE if accuracy and flagged(cell["degenerate"]) else "")
+    return text + (marks_text(cell) if accuracy else "")
 
 
 def techniques_table(cells: pd.DataFrame) -> Table:
