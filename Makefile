@@ -11,6 +11,8 @@ STUDY         ?= results/runs/default
 # The default study's training budget: every variant gets the same steps, jobs run side by side.
 STUDY_STEPS   ?= 200
 JOBS          ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
+# `make test` runs one pytest process per core (pytest-xdist); TEST_WORKERS=0 runs the tests in one process.
+TEST_WORKERS  ?= auto
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-slow clean
@@ -47,8 +49,8 @@ run: install ## the default CPU study: every variant trained on ListOps and Path
 		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench-techniques
 	$(BIN)/lra-report runs=$(STUDY) out=results reference=lra_paper
 
-test: install ## run the fast test suite
-	$(BIN)/pytest -m "not slow"
+test: install ## run the fast test suite, one process per core
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS)
 
 test-slow: install ## run the slow tests (the default run end to end, torch.compile)
 	$(BIN)/pytest -m slow

@@ -3,19 +3,33 @@
 The YAML files under conf/ hold the values; these dataclasses hold the types, so a typo or a
 wrong-typed override fails at start-up with the key's full name. Variant- and task-specific
 fields live in subclasses registered next to their code (models/attention, tasks).
+
+Field metadata says what a field is beyond its type, so that no list of keys is kept elsewhere:
+`UNHASHED` marks a key that changes how a run is shown, not what it computes (left out of the
+config hash, lra.records); `technique(label)` marks a model-level technique, named in a record
+by `label` (formatted with the value) when its value is not the default.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+UNHASHED = {"hashed": False}  # field metadata: not part of the config hash
+
+
+def technique(label: str) -> dict[str, str]:
+    """Field metadata of a model-level technique, named `label` (with `{}`: the field's value)."""
+    return {"technique": label}
 
 
 class Choice(Enum):
@@ -57,6 +71,21 @@ class Schedule(Choice):
     rsqrt = "rsqrt"  # LRA's "constant * linear_warmup * rsqrt_decay"
 
 
+class FullImpl(Choice):
+    """Full attention's two implementations of the same function (models/attention/full.py)."""
+
+    sdpa = "sdpa"  # fused: torch's scaled_dot_product_attention
+    math = "math"  # plain: softmax(q k^T / sqrt(d)) v, the n x n scores materialised (the LRA paper's baseline)
+
+
+def full_attention_name(impl: FullImpl) -> str:
+    """The model name of full attention with `impl`: conf/model/full.yaml's `name`, resolved, so that
+    whoever looks for full attention's rows (the report's baselines) finds the names its runs record."""
+    model = OmegaConf.load(CONF_DIR / "model" / "full.yaml")
+    model.attention.impl = impl.value
+    return str(model.name)
+
+
 @dataclass
 class AttentionConfig:
     """Fields every attention variant has; each variant subclasses this (models/attention)."""
@@ -69,9 +98,12 @@ class AttentionConfig:
 class EncoderConfig:
     """Model-level structure, composable with every attention variant."""
 
-    share_layers: bool = False  # ALBERT: every layer runs one block's parameters
-    embed_dim: Optional[int] = None  # ALBERT: tokens embedded in this width, projected up to model.dim (None: dim)
-    reversible: bool = False  # Reformer: reversible residual blocks, activations recomputed in the backward pass
+    # ALBERT: every layer runs one block's parameters
+    share_layers: bool = field(default=False, metadata=technique("shared layers"))
+    # ALBERT: tokens embedded in this width, projected up to model.dim (None: dim)
+    embed_dim: Optional[int] = field(default=None, metadata=technique("embed {}"))
+    # Reformer: reversible residual blocks, activations recomputed in the backward pass
+    reversible: bool = field(default=False, metadata=technique("reversible"))
 
 
 @dataclass
@@ -128,9 +160,10 @@ class TrainerConfig:
     eval_every: int = MISSING
     eval_batches: Optional[int] = None
     checkpoint_every: int = MISSING
-    accumulate: int = 1  # micro-batches each step's batch_size examples are split into (each batch_size / accumulate)
-    log_every: int = 10
-    progress: bool = True
+    # micro-batches each step's batch_size examples are split into (each batch_size / accumulate)
+    accumulate: int = field(default=1, metadata=technique("accumulate {}"))
+    log_every: int = field(default=10, metadata=UNHASHED)
+    progress: bool = field(default=True, metadata=UNHASHED)
 
 
 @dataclass
@@ -141,14 +174,15 @@ class HardwareConfig:
     precision: Precision = Precision.fp32
     compile: bool = False
     threads: int = 0
-    num_workers: int = 0
-    bench_batch_size: int = 32
+    num_workers: int = field(default=0, metadata=UNHASHED)
+    bench_batch_size: int = field(default=32, metadata=UNHASHED)
     cpu_memory_cap_mb: Optional[float] = None  # CPU: live tensor bytes above this are out of memory
 
 
 @dataclass
 class DistillConfig:
-    teacher: Optional[str] = None  # a finished lra-train run directory of the same task: its best checkpoint teaches
+    # a finished lra-train run directory of the same task: its best checkpoint teaches
+    teacher: Optional[str] = field(default=None, metadata=technique("distilled"))
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
 
@@ -164,7 +198,8 @@ class RunConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     seed: int = 0
-    force: bool = False  # run again even if the run directory holds this config's finished records
+    # run again even if the run directory holds this config's finished records
+    force: bool = field(default=False, metadata=UNHASHED)
 
 
 @dataclass
@@ -180,7 +215,7 @@ class BenchSettings:
     min_run_time: float = MISSING
     find_max_batch: bool = False
     max_batch: int = MISSING
-    progress: bool = True
+    progress: bool = field(default=True, metadata=UNHASHED)
 
 
 @dataclass
@@ -201,8 +236,8 @@ class CompressConfig:
     finetune_lr: float = 1e-4
     batch_size: int = 32
     min_run_time: float = 1.0
-    progress: bool = True
-    force: bool = False
+    progress: bool = field(default=True, metadata=UNHASHED)
+    force: bool = field(default=False, metadata=UNHASHED)
 
 
 @dataclass
@@ -216,3 +251,46 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 ConfigStore.instance().store(name="compress_schema", node=CompressConfig)
 ConfigStore.instance().store(name="report_schema", node=ReportConfig)
+
+
+@dataclass(frozen=True)
+class TechniqueField:
+    """A config key marked as a model-level technique (`technique` metadata)."""
+
+    key: str  # a.b.c
+    default: Any
+    label: str
+
+    def name(self, value: Any) -> str:
+        """What a record calls the technique at `value`."""
+        return self.label.format(value)
+
+
+def schema_fields(schema: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Every leaf field of the dataclass `schema` and of the dataclasses it nests, as (a.b.c, field)."""
+    hints = typing.get_type_hints(schema)
+    for item in dataclasses.fields(schema):
+        kind = hints[item.name]
+        if dataclasses.is_dataclass(kind):
+            yield from schema_fields(kind, f"{prefix}{item.name}.")
+        else:
+            yield f"{prefix}{item.name}", item
+
+
+ENTRY_SCHEMAS = (TrainConfig, BenchConfig, CompressConfig)  # what the runs that write records compose
+
+
+@functools.cache
+def unhashed_keys() -> tuple[str, ...]:
+    """The keys of every entry point's config that the config hash leaves out (`UNHASHED` metadata)."""
+    keys = {key for schema in ENTRY_SCHEMAS for key, item in schema_fields(schema)
+            if not item.metadata.get("hashed", True)}
+    return tuple(sorted(keys))
+
+
+@functools.cache
+def technique_fields() -> tuple[TechniqueField, ...]:
+    """The keys marked as model-level techniques, in the order records name them."""
+    found = {key: TechniqueField(key, item.default, item.metadata["technique"])
+             for key, item in schema_fields(TrainConfig) if "technique" in item.metadata}
+    return tuple(found.values())

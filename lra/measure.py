@@ -1,7 +1,7 @@
 """Time and peak memory of one measurement alone, on CUDA and on the CPU.
 
-Time: after a warm-up call, the median of repeated blocks of calls, the device synchronised around
-each block, on the thread count torch is set to.
+Time (`median_seconds`): torch.utils.benchmark's Timer, the median of repeated blocks of calls after
+its warm-up, the device synchronised at each reading of the clock, on the thread count torch is set to.
 
 Peak memory (`peak_memory`), the same figure on both devices: the highest count, during the
 measured block, of the bytes allocated inside it and still alive (activations, gradients,
@@ -26,9 +26,7 @@ FLOPs: torch's FLOP counter (matrix products), on the meta device so that nothin
 from __future__ import annotations
 
 import resource
-import statistics
 import sys
-import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,13 +36,12 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from lra.errors import LRAError
+from lra.memory import BY_DEVICE
 
-BLOCK_SECONDS = 0.05  # the shortest timed block of calls
-# What a record's peak_memory_mb counts, by device type (the same figure: see the module's docstring).
-MEMORY_MEASURES = {"cuda": "cuda_max_allocated_minus_baseline", "cpu": "live_tensor_bytes"}
 # Operations that return their input as new memory: torch.tensor(...) (and as_tensor, new_tensor,
 # an optimizer's step counter) builds its tensor outside any dispatch mode and hands it through
 # lift_fresh. In torch 2.13 no other operation of tensor creation, the optimizers or a training
@@ -154,7 +151,7 @@ def peak_memory(device: torch.device, cpu_cap: int | None = None) -> Iterator[Pe
 
     On the CPU, `cpu_cap` (bytes) makes the block run out of memory above it.
     """
-    result = PeakMemory(measure=MEMORY_MEASURES[device.type])
+    result = PeakMemory(measure=BY_DEVICE[device.type])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -204,32 +201,17 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def median_seconds(fn: Callable[[], object], *, min_run_time: float = 2.0, warmup: bool = True) -> float:
-    """Median seconds per call of `fn`, timed for at least `min_run_time` (after one warm-up call).
+def median_seconds(fn: Callable[[], object], *, min_run_time: float = 2.0) -> float:
+    """Median seconds per call of `fn`, timed by torch.utils.benchmark's Timer for at least
+    `min_run_time`, on the thread count torch is set to (the profile's; Timer's own default is one).
 
-    Calls are timed in blocks of at least BLOCK_SECONDS, so that the clock's cost is negligible; a
-    call slower than that is its own block, and one such call may be the whole timing. (The timer
-    of torch.utils.benchmark runs warm-up calls before every block: too dear for a step of seconds.)
+    Timer warms up once, not before every block: it runs `fn` in blocks of 1, 10, 100... calls until
+    reading the clock costs under 1e-4 of a block, then times blocks of that size. A call of over some
+    ten milliseconds is so warmed up by one call and timed one by one; a call slower than `min_run_time`
+    costs two calls, the second the whole timing.
     """
-    if warmup:
-        fn()
-    first = _seconds_per_call(fn, 1)
-    number = max(1, int(BLOCK_SECONDS / first))
-    per_call = [first] if number == 1 else []
-    while not per_call or len(per_call) * number * statistics.fmean(per_call) < min_run_time:
-        per_call.append(_seconds_per_call(fn, number))
-    return statistics.median(per_call)
-
-
-def _seconds_per_call(fn: Callable[[], object], number: int) -> float:
-    """Seconds per call of `number` calls of `fn`, the device synchronised before and after."""
-    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    synchronize()
-    return (time.perf_counter() - start) / number
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, *, min_run_time: float = 0.5) -> float:

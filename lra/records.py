@@ -1,22 +1,20 @@
 """Run records: the contract between the runners and the report (../DESIGN.md, "Run records").
 
 Every job writes `records.jsonl` in its output directory, atomically, one JSON object per line.
+Reading and writing them needs no torch: the report runs where torch is not installed.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import platform
-import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lra.config import CONF_DIR
+from lra.config import EncoderConfig, Precision, technique_fields, unhashed_keys
 from lra.errors import LRAError
 from lra.files import atomic_write
 
@@ -26,9 +24,10 @@ from lra.files import atomic_write
 SCHEMA = 3
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
-# Keys that change how a run is shown, not what it computes; left out of the config hash.
-NOT_HASHED = ("trainer.progress", "trainer.log_every", "hardware.num_workers", "hardware.bench_batch_size",
-              "bench.progress", "force")
+# What records of schema 1 lacked, at the values that reproduce what those runs computed: no technique,
+# fp32, not compressed; the default encoder, no accumulation.
+SCHEMA_1_FIELDS = {"techniques": [], "precision": Precision.fp32.value, "compression": None}
+SCHEMA_1_CONFIG = {"model": {"encoder": asdict(EncoderConfig())}, "trainer": {"accumulate": 1}}
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 def config_hash(cfg: DictConfig) -> str:
     """A short hash of everything in the config that changes what a run computes."""
     data = resolved(cfg)
-    for key in NOT_HASHED:
+    for key in unhashed_keys():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -60,49 +59,12 @@ def job_config_hash(*, _root_: DictConfig) -> str:
 OmegaConf.register_new_resolver("lra.config_hash", job_config_hash, replace=True)
 
 
-@functools.cache  # once per process: a bench job writes a record per measurement
-def git_sha() -> str | None:
-    """The checkout's commit, when lra-bench runs from a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
-    else:
-        name = platform.processor() or platform.machine()
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": device.type,
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "git_sha": git_sha(),
-    }
-
-
 def techniques(cfg: DictConfig) -> list[str]:
     """The model-level techniques `cfg` applies besides its attention, as the report names them
-    (its rows read `<model> + <technique> + ...`); precision is a field of its own."""
-    encoder = cfg.model.encoder
-    names = []
-    if encoder.share_layers:
-        names.append("shared layers")
-    if encoder.embed_dim is not None:
-        names.append(f"embed {encoder.embed_dim}")
-    if encoder.reversible:
-        names.append("reversible")
-    if cfg.trainer.accumulate > 1:
-        names.append(f"accumulate {cfg.trainer.accumulate}")
-    if "distill" in cfg and cfg.distill.teacher is not None:
-        names.append("distilled")
-    return names
+    (its rows read `<model> + <technique> + ...`): every config field the schema marks as a
+    technique (lra.config) whose value is not its default. Precision is a field of its own."""
+    return [technique.name(value) for technique in technique_fields()
+            if (value := OmegaConf.select(cfg, technique.key)) != technique.default]
 
 
 def make_record(
@@ -113,13 +75,14 @@ def make_record(
     metrics: dict[str, Any],
     seq_len: int,
     batch_size: int,
-    device: torch.device,
+    env: dict[str, Any],
     wall_s: float,
     error: str | None = None,
     compression: str | None = None,
 ) -> dict[str, Any]:
     """One measurement in the DESIGN.md schema; `compression`: what lra-compress did to the trained
-    model measured (e.g. "int8", "pruned 50%"), None for the model as trained."""
+    model measured (e.g. "int8", "pruned 50%"), None for the model as trained; `env`: the machine's
+    (lra.engine.device.environment)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
     return {
@@ -139,7 +102,7 @@ def make_record(
         "metrics": metrics,
         "config": resolved(cfg),
         "config_hash": config_hash(cfg),
-        "env": environment(device),
+        "env": env,
         "wall_s": round(wall_s, 3),
     }
 
@@ -162,3 +125,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as error:
             raise LRAError(f"{path}:{lineno}: not a JSON record ({error.msg})") from error
     return records
+
+
+def upgraded(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` as the current schema states it: what records of schema 1 lacked at the values
+    those runs computed with (SCHEMA_1_FIELDS, SCHEMA_1_CONFIG), and before schema 3, a step's
+    whole batch as trainer.batch_size and a train record's batch_size (they held the micro-batch)."""
+    schema = record.get("schema", 1)
+    record = {**SCHEMA_1_FIELDS, **record}
+    if not isinstance(record.get("config"), dict):
+        return record
+    config = OmegaConf.to_container(OmegaConf.merge(SCHEMA_1_CONFIG, record["config"]))
+    trainer = config["trainer"]
+    if schema < 3 and isinstance(trainer.get("batch_size"), int):
+        trainer["batch_size"] *= trainer["accumulate"]
+        if record.get("kind") == "train":
+            record["batch_size"] = trainer["batch_size"]
+    return {**record, "config": config}

@@ -1,6 +1,6 @@
 """The end of a sweep (`lra-train -m`, `lra-bench -m`): a summary line, the report, the exit status.
 
-A Hydra callback, configured under `hydra.callbacks.sweep` (conf/train.yaml, conf/bench.yaml). It
+A Hydra callback, configured under `hydra.callbacks.sweep` (conf/hydra/callbacks/sweep_end.yaml). It
 runs in the process that launched the sweep, whatever the launcher. The jobs of this sweep are
 the job directories Hydra wrote into after it started (a rerun of a sweep reuses finished jobs,
 which still count); the report covers every record under the sweep directory.

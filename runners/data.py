@@ -11,8 +11,7 @@ Bad input ends in one line, `lra-data: error: ...`, and exit code 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -29,37 +28,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message}\n")
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
 def _add_listops(commands: argparse._SubParsersAction) -> None:
-    """`lra-data listops`: LRA's ListOps generator, with LRA's settings as defaults."""
-    lra = asdict(listops.ListOpsSettings())
+    """`lra-data listops`: LRA's ListOps generator, an option per generator setting, LRA's as defaults."""
     parser = commands.add_parser(
         "listops", help="ListOps (basic_{train,val,test}.tsv)",
         description="Generate ListOps as LRA did (seeded), in the layout of the LRA release.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, required=True,
                         help="directory for basic_{train,val,test}.tsv and generator.json")
-    parser.add_argument("--train", type=int, default=lra["train"], help="training examples")
-    parser.add_argument("--val", type=int, default=lra["val"], help="validation examples")
-    parser.add_argument("--test", type=int, default=lra["test"], help="test examples")
-    parser.add_argument("--seed", type=int, default=lra["seed"], help="seed of the generator")
-    parser.add_argument("--min-len", type=int, default=lra["min_len"],
-                        help="lengths (tokens without parentheses) are > min-len")
-    parser.add_argument("--max-len", type=int, default=lra["max_len"],
-                        help="lengths are < max-len")
-    parser.add_argument("--max-depth", type=int, default=lra["max_depth"],
-                        help="deepest nesting of operators")
-    parser.add_argument("--max-args", type=int, default=lra["max_args"],
-                        help="most arguments of one operator")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide the progress bar")
+    for setting in fields(listops.ListOpsSettings):
+        parser.add_argument(f"--{setting.name.replace('_', '-')}", type=int, default=setting.default,
+                            help=setting.metadata["help"])
+    _add_progress(parser)
     parser.set_defaults(run=_run_listops)
 
 
 def _run_listops(args: argparse.Namespace) -> str:
     """Write the ListOps release; return the line that says what was written where."""
-    listops.write_release(args.out, train=args.train, val=args.val, test=args.test,
-                          min_len=args.min_len, max_len=args.max_len, max_depth=args.max_depth,
-                          max_args=args.max_args, seed=args.seed, progress=args.progress)
+    settings = {setting.name: getattr(args, setting.name) for setting in fields(listops.ListOpsSettings)}
+    listops.write_release(args.out, **settings, progress=args.progress)
     files = ", ".join([*listops.SPLIT_FILES.values(), listops.SETTINGS_FILE])
     return (f"wrote ListOps {args.train}/{args.val}/{args.test} train/val/test examples "
             f"({args.min_len} < length < {args.max_len}, seed {args.seed}) to {args.out}: {files}")
@@ -74,8 +65,7 @@ def _add_check_listops(commands: argparse._SubParsersAction) -> None:
                     "stop at the first row where they differ.")
     parser.add_argument("files", type=Path, nargs="+", metavar="FILE",
                         help="split files, e.g. data/listops-1000/basic_test.tsv")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide the progress bar")
+    _add_progress(parser)
     parser.set_defaults(run=_run_check_listops)
 
 
@@ -104,8 +94,7 @@ def _add_pathfinder(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--count", type=int, default=task.generate.count, help="images, half of them connected")
     parser.add_argument("--seed", type=int, default=task.generate.seed, help="seed of the generator")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing the images (none: one per CPU)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide the progress bar")
+    _add_progress(parser)
     parser.set_defaults(run=_run_pathfinder)
 
 
@@ -119,16 +108,12 @@ def _run_pathfinder(args: argparse.Namespace) -> str:
             f"{pathfinder_draw.SETTINGS_FILE}")
 
 
-# One function per subcommand, each adding it and setting `run` (args -> summary line).
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_listops, _add_check_listops, _add_pathfinder)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The `lra-data` parser with a subcommand per dataset and one that checks ListOps files."""
+    """The `lra-data` parser with a subcommand per dataset and one that checks ListOps files; each
+    subcommand sets `run` (its arguments -> the summary line)."""
     parser = _Parser(prog=PROG, description="Generate data in the layout of the LRA release, or check it.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in _COMMANDS:
+    for add in (_add_listops, _add_check_listops, _add_pathfinder):
         add(commands)
     return parser
 

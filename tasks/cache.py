@@ -1,16 +1,24 @@
-"""Tokenised splits cached as memory-mapped arrays, keyed by source and settings.
+"""Tokenised splits cached as datasets Arrow files, memory-mapped, under a fingerprint of what made them.
 
 A task builds its splits once (reading, decoding and tokenising the source files can take
-minutes); later runs map the arrays from <data.root>/.cache/<task>-<hash of the key>/ and start
-training at once. The key holds every setting that changes the arrays and a fingerprint (path,
-size, modification time) of each source file, so a changed setting or a replaced file makes a new
-entry, never a stale read. The key holds the code's version too: a hash of the source of the
-module that defines `build` (the task module, with its tokeniser), of every module of this package
-it draws on, at any depth (retrieval tokenises with text's code), and of the modules that store and
-read the arrays (cache, batching, sources). A changed tokeniser or array format makes a new entry;
-unchanged code hits the old one, whatever else changed in the checkout. An entry is written under a
-temporary name and renamed into place whole, so a crash leaves no half-written entry, and parallel
-jobs that build the same entry keep whichever lands first.
+minutes); later runs map <data.root>/.cache/<task>-<fingerprint>/<split>.arrow and start training at
+once. A split is one Arrow table, written by datasets' ArrowWriter (the writer of `Dataset.map`'s
+cache files; `datasets.Dataset.from_file` opens one): a large_list column of token ids per tower,
+then the labels, in a single record batch. A tower's token ids and offsets are then two flat
+buffers of the mapped file, which numpy views in place: a cached load copies and decodes nothing,
+and does not import datasets.
+
+The fingerprint holds every setting that changes the arrays and a fingerprint (path, size,
+modification time) of each source file, so a changed setting or a replaced file makes a new entry,
+never a stale read. It holds the code's version too. datasets' own fingerprint of a function
+(`datasets.fingerprint.Hasher`) pickles a function of an importable module by its name, so it sees
+no change to that function's code, nor to the code it calls; the version is instead a hash of the
+source of the module that defines `build` (the task module, with its tokeniser), of every module of
+this package it draws on, at any depth (retrieval tokenises with text's code), and of the modules
+that store and read the arrays (cache, batching, sources). A changed tokeniser or array format
+makes a new entry; unchanged code hits the old one, whatever else changed in the checkout. An entry
+is written under a temporary name and renamed into place whole, so a crash leaves no half-written
+entry, and parallel jobs that build the same entry keep whichever lands first.
 """
 
 from __future__ import annotations
@@ -25,12 +33,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 
 from tasks.batching import Ragged, SequenceDataset
 
 CACHE_DIR = ".cache"
-KEY_FILE = "key.json"
+SUFFIX = ".arrow"
+LABELS = "label"
 PACKAGE = "tasks"  # the modules whose code can make the arrays
 STORAGE = ("tasks.cache", "tasks.batching", "tasks.sources")  # the modules that write and read them
 
@@ -65,29 +74,38 @@ def code_version(build: Callable[..., Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save(directory: Path, splits: dict[str, SequenceDataset], key: dict[str, Any]) -> None:
-    for split, dataset in splits.items():
-        np.save(directory / f"{split}.labels.npy", dataset.labels)
-        for tower, ragged in enumerate(dataset.towers):
-            np.save(directory / f"{split}.{tower}.values.npy", ragged.values)
-            np.save(directory / f"{split}.{tower}.offsets.npy", ragged.offsets)
-    contents = {"key": key, "towers": {split: len(dataset.towers) for split, dataset in splits.items()}}
-    (directory / KEY_FILE).write_text(json.dumps(contents, indent=1, sort_keys=True) + "\n")
+def _table(dataset: SequenceDataset) -> pa.Table:
+    """One split as an Arrow table, its arrays taken as they are: tower_0, tower_1, ... then the labels."""
+    towers = {f"tower_{i}": pa.LargeListArray.from_arrays(ragged.offsets, ragged.values)
+              for i, ragged in enumerate(dataset.towers)}
+    return pa.table({**towers, LABELS: pa.array(dataset.labels, type=pa.int64())})
 
 
-def _load(directory: Path) -> dict[str, SequenceDataset]:
-    towers = json.loads((directory / KEY_FILE).read_text())["towers"]
+def _write(path: Path, table: pa.Table, fingerprint: str) -> None:
+    """Write a table as datasets writes its cache files, in one record batch (one flat buffer per array)."""
+    from datasets.arrow_writer import ArrowWriter  # noqa: PLC0415  (only a cache miss needs datasets)
 
-    def array(name: str) -> np.ndarray:
-        return np.load(directory / name, mmap_mode="r")
+    with ArrowWriter(path=str(path), fingerprint=fingerprint, writer_batch_size=max(table.num_rows, 1)) as writer:
+        writer.write_table(table)
+        writer.finalize()
 
-    return {
-        split: SequenceDataset(
-            tuple(Ragged(array(f"{split}.{t}.values.npy"), array(f"{split}.{t}.offsets.npy")) for t in range(count)),
-            np.asarray(array(f"{split}.labels.npy")),
-        )
-        for split, count in towers.items()
-    }
+
+def _flat(column: pa.ChunkedArray) -> pa.Array:
+    """The column's one chunk (a table with no rows has none)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _ragged(column: pa.ChunkedArray) -> Ragged:
+    """A tower's sequences as numpy views of the column's token-id and offset buffers."""
+    lists = _flat(column)
+    return Ragged(lists.values.to_numpy(), lists.offsets.to_numpy())
+
+
+def _read(path: Path) -> SequenceDataset:
+    """A split from its memory-mapped Arrow file, nothing copied."""
+    table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+    towers = tuple(_ragged(column) for name, column in zip(table.column_names, table.columns) if name != LABELS)
+    return SequenceDataset(towers, _flat(table.column(LABELS)).to_numpy())
 
 
 def cached_splits(
@@ -98,16 +116,17 @@ def cached_splits(
     entry = {"settings": key, "code": code_version(build)}
     digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
     directory = Path(root) / CACHE_DIR / f"{task}-{digest}"
-    if not (directory / KEY_FILE).exists():
+    if not directory.is_dir():
         splits = build()
         temp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
         temp.mkdir(parents=True, exist_ok=True)
         try:
-            _save(temp, splits, entry)
+            for split, dataset in splits.items():
+                _write(temp / f"{split}{SUFFIX}", _table(dataset), digest)
             os.replace(temp, directory)
         except OSError:
-            if not (directory / KEY_FILE).exists():  # not a parallel job's entry landing first
+            if not directory.is_dir():  # not a parallel job's entry landing first
                 raise
         finally:
             shutil.rmtree(temp, ignore_errors=True)
-    return _load(directory)
+    return {path.stem: _read(path) for path in sorted(directory.glob(f"*{SUFFIX}"))}

@@ -2,9 +2,10 @@
 pixel (vocabulary 256), 1024 tokens, 10 classes.
 
 Source: the Hugging Face dataset uoft-cs/cifar10 (parquet, columns img {bytes, path} and label),
-read from <data.root>/<dir> when the files are there, else from the hub cache, offline. Splits as
-LRA: the first 90% of the training set trains (45k), the rest validates (5k), test is test (10k).
-Grayscale is PIL's ITU-R 601-2 luma, as tf.image.rgb_to_grayscale.
+loaded with datasets from <data.root>/<dir> when the files are there, else from the hub cache,
+offline (tasks/sources.py). Splits as LRA: the first 90% of the training set trains (45k), the
+rest validates (5k), test is test (10k). Grayscale is PIL's ITU-R 601-2 luma, as
+tf.image.rgb_to_grayscale.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The generator follows LRA's (google-research/long-range-arena, lra_benchmarks/data/listops.py):
 same tree distribution, written form, length limits and values. It draws from its own
 `random.Random(seed)` and keeps examples in first-seen order, so a seed names one dataset byte for
-byte. The reader takes generated files and those of the LRA release alike; `parse` and
-`evaluate` read one written expression back, so that `check_split` can check a file's labels.
+byte. The reader (datasets' csv loader, through tasks/sources.py) takes generated files and those
+of the LRA release alike; `parse` and `evaluate` read one written expression back, so that
+`check_split` can check a file's labels.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import random
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import filterfalse
@@ -29,7 +30,7 @@ from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
 from tasks.cache import cached_splits, fingerprint
-from tasks.sources import check_generated, generate_command, missing_data
+from tasks.sources import check_generated, excerpt, generate_command, missing_data, tsv_rows
 
 OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -43,16 +44,18 @@ HEADER = ("Source", "Target")
 
 @dataclass
 class ListOpsSettings:
-    """Generator settings; the defaults are those of LRA's generator flags (LRA drew unseeded)."""
+    """Generator settings; the defaults are those of LRA's generator flags (LRA drew unseeded). Each
+    field's `help` metadata is its `lra-data listops` option's help."""
 
-    train: int = 96000
-    val: int = 2000
-    test: int = 2000
-    min_len: int = 500  # lengths count tokens without parentheses, strictly between min_len and max_len
-    max_len: int = 2000
-    max_depth: int = 10  # deepest nesting of operators
-    max_args: int = 10  # most arguments of one operator
-    seed: int = 0
+    train: int = field(default=96000, metadata={"help": "training examples"})
+    val: int = field(default=2000, metadata={"help": "validation examples"})
+    test: int = field(default=2000, metadata={"help": "test examples"})
+    # lengths count tokens without parentheses, strictly between min_len and max_len
+    min_len: int = field(default=500, metadata={"help": "lengths (tokens without parentheses) are > min-len"})
+    max_len: int = field(default=2000, metadata={"help": "lengths are < max-len"})
+    max_depth: int = field(default=10, metadata={"help": "deepest nesting of operators"})
+    max_args: int = field(default=10, metadata={"help": "most arguments of one operator"})
+    seed: int = field(default=0, metadata={"help": "seed of the generator"})
 
 
 # Chance that a node above max_depth is an operator rather than a digit (LRA's VALUE_P).
@@ -257,11 +260,6 @@ def write_release(out_dir: Path, *, train: int, val: int, test: int, min_len: in
             temp.unlink(missing_ok=True)
 
 
-def _excerpt(text: str, limit: int = 40) -> str:
-    """A short one-line quotation of user text for an error message."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
-
-
 def tokenize(source: str) -> list[int]:
     """Token ids (indices into VOCAB) of a source; LRAError names the first unknown token.
 
@@ -271,21 +269,7 @@ def tokenize(source: str) -> list[int]:
     try:  # map/filterfalse keep the per-token work in C: a whole split has ~10^8 tokens
         return list(map(_TOKEN_IDS.__getitem__, filterfalse(_PARENS.__contains__, source.split())))
     except KeyError as err:
-        raise LRAError(f"unknown token {_excerpt(err.args[0])}") from None
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a UTF-8 file without their CRLF or LF line ends."""
-    try:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise LRAError(f"{path}:{lineno}: not UTF-8 text") from None
-                yield lineno, line.rstrip("\r\n")
-    except OSError as err:
-        raise LRAError(f"{path}: cannot read: {err.strerror or err}") from None
+        raise LRAError(f"unknown token {excerpt(err.args[0])}") from None
 
 
 def _fold(source: str, node: Callable[[str, list[int | _Node]], _Node]) -> int | _Node:
@@ -303,7 +287,7 @@ def _fold(source: str, node: Callable[[str, list[int | _Node]], _Node]) -> int |
         if word in _PARENS:
             continue
         if done and word != END:  # a stray "]" is reported as closing nothing, below
-            raise LRAError(f"word {position} ({_excerpt(word)}) follows a complete expression")
+            raise LRAError(f"word {position} ({excerpt(word)}) follows a complete expression")
         if word in _APPLY:
             pending.append((word, position, []))
             continue
@@ -312,16 +296,16 @@ def _fold(source: str, node: Callable[[str, list[int | _Node]], _Node]) -> int |
                 raise LRAError(f"']' (word {position}) closes no operator")
             operator, opened, arguments = pending.pop()
             if not arguments:
-                raise LRAError(f"{_excerpt(operator)} (word {opened}) has no arguments")
+                raise LRAError(f"{excerpt(operator)} (word {opened}) has no arguments")
             value = node(operator, arguments)
         elif word in _LABELS:
             value = _LABELS[word]
         else:
-            raise LRAError(f"unknown token {_excerpt(word)}")
+            raise LRAError(f"unknown token {excerpt(word)}")
         (pending[-1][2] if pending else done).append(value)
     if pending:
         operator, opened, _ = pending[-1]
-        raise LRAError(f"{_excerpt(operator)} (word {opened}) is not closed by ']'")
+        raise LRAError(f"{excerpt(operator)} (word {opened}) is not closed by ']'")
     if not done:
         raise LRAError("the source has no tokens")
     return done[0]
@@ -340,36 +324,20 @@ def evaluate(source: str) -> int:
     return _fold(source, lambda operator, values: _APPLY[operator](values))
 
 
-def _split_row(line: str) -> tuple[str, int]:
-    """Source and label of one `source<TAB>label` row; LRAError says what is wrong."""
-    fields = line.split("\t")
-    if len(fields) != 2:
-        raise LRAError(f"expected 2 tab-separated fields (Source, Target), got {len(fields)}")
-    source, label = fields
-    if label not in _LABELS:
-        raise LRAError(f"label {_excerpt(label)} is not a digit 0-9")
-    return source, _LABELS[label]
+def _label(field: str) -> int:
+    """The class of a Target field; LRAError unless it is one digit."""
+    if field not in _LABELS:
+        raise LRAError(f"label {excerpt(field)} is not a digit 0-9")
+    return _LABELS[field]
 
 
-def _parse_row(line: str) -> tuple[list[int], int]:
-    """Token ids and label of one `source<TAB>label` row; LRAError says what is wrong."""
-    source, label = _split_row(line)
+def _parse_row(source: str, label: str) -> tuple[list[int], int]:
+    """Token ids and label of one row's Source and Target fields; LRAError says what is wrong."""
+    value = _label(label)
     ids = tokenize(source)
     if not ids:
         raise LRAError("the source has no tokens")
-    return ids, label
-
-
-def _rows(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a split file after its header; LRAError if the header is not there."""
-    lines = _lines(path)
-    first = next(lines, None)
-    if first is None:
-        raise LRAError(f"{path}: empty file; expected the header 'Source<TAB>Target'")
-    if first[1] != "\t".join(HEADER):
-        raise LRAError(f"{path}:1: expected the header 'Source<TAB>Target', "
-                       f"got {_excerpt(first[1])}")
-    yield from lines
+    return ids, value
 
 
 def read_split(path: Path, max_len: int) -> SequenceDataset:
@@ -385,13 +353,13 @@ def read_split(path: Path, max_len: int) -> SequenceDataset:
     path = Path(path)
     tokens: list[list[int]] = []
     labels: list[int] = []
-    for lineno, line in _rows(path):
+    for lineno, (source, label) in tsv_rows(path, HEADER, header=True):
         try:
-            ids, label = _parse_row(line)
+            ids, value = _parse_row(source, label)
         except LRAError as err:
             raise LRAError(f"{path}:{lineno}: {err}") from None
         tokens.append(ids[:max_len])
-        labels.append(label)
+        labels.append(value)
     if not labels:
         raise LRAError(f"{path}: no examples after the header")
     return SequenceDataset((Ragged.build(tokens),), np.array(labels, dtype=np.int64))
@@ -406,14 +374,15 @@ def check_split(path: Path, progress: bool = True) -> int:
     """
     path = Path(path)
     rows = 0
-    for lineno, line in tqdm(_rows(path), desc=path.name, unit="row", disable=not progress, leave=False):
+    for lineno, (source, label) in tqdm(tsv_rows(path, HEADER, header=True), desc=path.name, unit="row",
+                                        disable=not progress, leave=False):
         try:
-            source, label = _split_row(line)
+            expected = _label(label)
             value = evaluate(source)
         except LRAError as err:
             raise LRAError(f"{path}:{lineno}: {err}") from None
-        if label != value:
-            raise LRAError(f"{path}:{lineno}: label {label}, but the expression evaluates to {value}")
+        if expected != value:
+            raise LRAError(f"{path}:{lineno}: label {expected}, but the expression evaluates to {value}")
         rows += 1
     if not rows:
         raise LRAError(f"{path}: no examples after the header")

@@ -3,7 +3,7 @@
 A two-tower task: each example is two documents, each up to max_len UTF-8 bytes, encoded by the
 same encoder; the classifier sees [u, v, u*v, u-v] of their encodings (models/encoder.py).
 Source: the LRA release, <data.root>/<dir>/new_aan_pairs.{train,eval,test}.tsv, tab-separated
-without a header: label, id1, id2, text1, text2.
+without a header: label, id1, id2, text1, text2, loaded with datasets' csv loader (tasks/sources.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
 from tasks.cache import cached_splits, fingerprint
-from tasks.sources import missing_data
+from tasks.sources import missing_data, tsv_rows
 from tasks.text import BYTES, utf8_bytes
 
 SPLIT_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
@@ -53,22 +53,14 @@ def read_pairs(path: Path, num_classes: int, max_len: int, progress: bool) -> Se
     left: list[np.ndarray] = []
     right: list[np.ndarray] = []
     labels: list[int] = []
-    with path.open("rb") as file, tqdm(total=path.stat().st_size, desc=path.name, unit="B", unit_scale=True,
-                                        disable=not progress, leave=False) as bar:
-        for lineno, raw in enumerate(file, start=1):
-            bar.update(len(raw))
-            try:
-                fields = raw.decode("utf-8").rstrip("\r\n").split("\t")
-                if len(fields) != len(COLUMNS):
-                    raise LRAError(f"expected {len(COLUMNS)} tab-separated fields ({', '.join(COLUMNS)}), "
-                                   f"got {len(fields)}")
-                labels.append(parse_label(fields[0], num_classes))
-            except UnicodeDecodeError:
-                raise LRAError(f"{path}:{lineno}: not UTF-8 text") from None
-            except LRAError as err:
-                raise LRAError(f"{path}:{lineno}: {err}") from None
-            left.append(utf8_bytes(fields[3], max_len))
-            right.append(utf8_bytes(fields[4], max_len))
+    for lineno, fields in tqdm(tsv_rows(path, COLUMNS), desc=path.name, unit="pair", disable=not progress,
+                               leave=False):
+        try:
+            labels.append(parse_label(fields[0], num_classes))
+        except LRAError as err:
+            raise LRAError(f"{path}:{lineno}: {err}") from None
+        left.append(utf8_bytes(fields[3], max_len))
+        right.append(utf8_bytes(fields[4], max_len))
     if not labels:
         raise LRAError(f"{path}: no rows")
     return SequenceDataset((Ragged.build(left), Ragged.build(right)), np.array(labels, dtype=np.int64))

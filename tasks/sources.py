@@ -1,26 +1,39 @@
-"""Where task data comes from: local files under data.root, the Hugging Face hub cache (offline),
-and generated directories; and the one-paragraph error when none has it.
+"""Where task data comes from, and how it is read: local files under data.root, the Hugging Face hub
+cache (offline), and generated directories; and the one-paragraph error when none has it.
 
+Files are loaded with `datasets` (its parquet and csv loaders, streamed: the tokenised splits are
+what tasks/cache.py keeps, so no second copy of a source is written) and never over the network.
 Hub datasets are read from the parquet files that `datasets.load_dataset(<repo>)` (or
-`hf download <repo> --repo-type dataset`) leaves in the hub cache on a connected machine; nothing
-is fetched here.
+`hf download <repo> --repo-type dataset`) leaves in the hub cache on a connected machine.
+
+Tab-separated files (the LRA release's ListOps and AAN splits) are read row by row with line
+numbers, so that every error names `path:line`. datasets' csv loader (pandas) reads a missing field
+as an empty one, so the number of fields of each line, and its UTF-8, are checked on the bytes
+first; the rows before the first bad line are still read, so a reader reports whichever problem
+comes first in the file.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
 import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lra.errors import LRAError, one_line
 
 TABLE_SUFFIXES = (".parquet", ".csv")
+BATCH_ROWS = 10_000  # rows per Arrow batch read from a source
+BLOCK_BYTES = 1 << 24  # bytes of a tab-separated file checked at a time
 
 
 def missing_data(what: str, looked: str, get: str) -> LRAError:
@@ -33,6 +46,11 @@ def generate_command(dataset: str, out: Path, settings: dict[str, Any]) -> str:
     compares, named as its options), to paste into a shell."""
     options = [part for name, value in settings.items() for part in (f"--{name.replace('_', '-')}", str(value))]
     return shlex.join(["lra-data", dataset, "--out", str(out), *options])
+
+
+def excerpt(text: str, limit: int = 40) -> str:
+    """A short one-line quotation of user text for an error message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def split_tables(directory: Path, split: str) -> list[Path]:
@@ -53,15 +71,22 @@ def hub_snapshot(repo_id: str) -> Path | None:
         return None
 
 
+def _bases(directory: Path, hub: str) -> Iterator[Path]:
+    """`directory`, then the hub cache's snapshot of `hub` where there is one, looked up only when
+    the directory does not have the files."""
+    yield directory
+    snapshot = hub_snapshot(hub)
+    if snapshot is not None:
+        yield snapshot
+
+
 def table_sources(directory: Path, hub: str, splits: Sequence[str], what: str) -> dict[str, list[Path]]:
     """Each split's table files: from `directory` when it has them, else the hub cache of `hub`.
 
     Raises the missing-data error (naming both places and how to fill either) when neither has
     every split.
     """
-    for base in (directory, hub_snapshot(hub)):
-        if base is None:
-            continue
+    for base in _bases(directory, hub):
         found = {split: split_tables(base, split) for split in splits}
         if all(found.values()):
             return found
@@ -80,8 +105,27 @@ def table_sources(directory: Path, hub: str, splits: Sequence[str], what: str) -
     )
 
 
+def _offline_datasets() -> ModuleType:
+    """The datasets library, set never to reach the network (not even to count a download): task data
+    comes from local files and the hub cache only; and quiet: a file it cannot read is our one-line
+    error, not its log line too. Imported here, so that a cached task never loads it."""
+    import datasets  # noqa: PLC0415
+
+    datasets.config.HF_HUB_OFFLINE = True
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    return datasets
+
+
+def _batches(builder: str, path: Path, **options: Any) -> Iterator[pa.Table]:
+    """The Arrow batches of one file as datasets' `builder` loader reads it, streamed."""
+    dataset = _offline_datasets().load_dataset(builder, data_files=glob.escape(str(path)), split="train",
+                                               streaming=True, **options)
+    return dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
+
+
 def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    """The named columns of a parquet or csv file; LRAError names the file and what is wrong."""
+    """The named columns of a parquet or csv file, loaded with datasets; LRAError names the file and
+    what is wrong. A csv file's columns are read as the text they hold."""
     try:
         if path.suffix == ".parquet":
             present = pq.read_schema(path).names
@@ -91,19 +135,22 @@ def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
         if absent:
             raise LRAError(f"{path}: no column {', '.join(map(repr, absent))} (it has {', '.join(map(repr, present))})")
         if path.suffix == ".parquet":
-            return pd.read_parquet(path, columns=list(columns))
-        return pd.read_csv(path, usecols=list(columns), keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as err:  # pyarrow's errors are OSError/ValueError
+            batches = list(_batches("parquet", path, columns=list(columns)))
+        else:
+            datasets = _offline_datasets()
+            text = datasets.Features({name: datasets.Value("string") for name in present})
+            batches = [batch.select(columns) for batch in _batches("csv", path, features=text, keep_default_na=False)]
+    except (OSError, ValueError) as err:  # pyarrow's and pandas' errors are OSError/ValueError
         raise LRAError(f"{path}: not a readable {path.suffix[1:]} file: {one_line(str(err))}") from None
+    return pa.concat_tables(batches).to_pandas() if batches else pd.DataFrame(columns=list(columns))
 
 
 def check_labels(labels: Any, num_classes: int, path: Path) -> np.ndarray:
     """The labels as int64 class ids, once each is checked to be an integer in [0, num_classes);
     LRAError names the first row that is not.
 
-    The ids come from the values checked: a csv column can hold text that float() reads as a
-    class but numpy's int conversion does not ("1.0" beside "0_0", which keeps pandas from
-    reading the column as numbers).
+    The ids come from the values checked: a csv column holds text, which float() reads as a class
+    ("1.0", "0_0") where numpy's int conversion would not.
     """
     ids = []
     for row, label in enumerate(labels, start=1):
@@ -116,6 +163,105 @@ def check_labels(labels: Any, num_classes: int, path: Path) -> np.ndarray:
             raise LRAError(f"{path}: row {row}: label {shown} is not a class 0-{num_classes - 1}")
         ids.append(int(value))
     return np.array(ids, dtype=np.int64)
+
+
+def tsv_rows(path: Path, columns: Sequence[str], header: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row of a tab-separated file, loaded with datasets' csv loader:
+    no quoting, lines end at a line feed (a carriage return before it is dropped), every line a row.
+
+    With `header`, the first line must be the column names. LRAError names the first line that is
+    not UTF-8 or has another number of fields than `columns`, after the rows before it are yielded.
+    """
+    skip = int(header)
+    if header:
+        _check_header(path, columns)
+    rows, error = _check_lines(path, columns, skip)
+    if rows:
+        names = [f"field{i}" for i in range(len(columns))]  # the file's own words may repeat or be empty
+        datasets = _offline_datasets()
+        options = {"delimiter": "\t", "header": None, "column_names": names, "skiprows": skip, "nrows": rows,
+                   "quoting": csv.QUOTE_NONE, "lineterminator": "\n", "skip_blank_lines": False,
+                   "keep_default_na": False, "na_filter": False, "encoding": "utf-8",
+                   "features": datasets.Features({name: datasets.Value("string") for name in names})}
+        lineno = skip
+        for batch in _batches("csv", path, **options):
+            for fields in zip(*(batch.column(name).to_pylist() for name in names)):
+                lineno += 1
+                yield lineno, [*fields[:-1], fields[-1].rstrip("\r")]
+    if error is not None:
+        raise error
+
+
+def _check_header(path: Path, columns: Sequence[str]) -> None:
+    """Refuse a file whose first line is not the column names, tab-separated."""
+    expected = "\t".join(columns)
+    shown = expected.replace("\t", "<TAB>")
+    try:
+        with path.open("rb") as file:
+            first = file.readline()
+    except OSError as err:
+        raise LRAError(f"{path}: cannot read: {err.strerror or err}") from None
+    if not first:
+        raise LRAError(f"{path}: empty file; expected the header '{shown}'")
+    try:
+        line = first.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise LRAError(f"{path}:1: not UTF-8 text") from None
+    if line != expected:
+        raise LRAError(f"{path}:1: expected the header '{shown}', got {excerpt(line)}")
+
+
+def _check_lines(path: Path, columns: Sequence[str], skip: int) -> tuple[int, LRAError | None]:
+    """How many lines after the first `skip` come before the first bad one, and the error naming the
+    bad one (None when every line is good)."""
+    lineno = 0  # lines before the block
+    try:
+        with path.open("rb") as file:
+            for block in _line_blocks(file):
+                bad = _first_bad_line(block, columns, first=max(skip - lineno, 0))
+                if bad is not None:
+                    index, problem = bad
+                    return lineno + index - skip, LRAError(f"{path}:{lineno + index + 1}: {problem}")
+                lineno += block.count(b"\n") + (not block.endswith(b"\n"))
+    except OSError as err:
+        raise LRAError(f"{path}: cannot read: {err.strerror or err}") from None
+    return max(lineno - skip, 0), None
+
+
+def _first_bad_line(block: bytes, columns: Sequence[str], first: int) -> tuple[int, str] | None:
+    """(index, what is wrong) of the first of the block's lines, from index `first` on, that is not
+    UTF-8 or has another number of tab-separated fields than `columns`; None when there is none."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    tabs = np.flatnonzero(data == ord("\t"))
+    fields = np.searchsorted(tabs, ends) - np.searchsorted(tabs, np.r_[0, ends[:-1] + 1]) + 1
+    miscounted = first + np.flatnonzero(fields[first:] != len(columns))
+    try:
+        block.decode("utf-8")
+        garbled = len(ends)
+    except UnicodeDecodeError as err:
+        garbled = int(np.searchsorted(ends, err.start))
+    if garbled < len(ends) and (not len(miscounted) or garbled <= miscounted[0]):
+        return garbled, "not UTF-8 text"
+    if len(miscounted):
+        index = int(miscounted[0])
+        return index, f"expected {len(columns)} tab-separated fields ({', '.join(columns)}), got {fields[index]}"
+    return None
+
+
+def _line_blocks(file: BinaryIO) -> Iterator[bytes]:
+    """The file's bytes in blocks of whole lines, each ending at a line feed but perhaps the last."""
+    rest = b""
+    while chunk := file.read(BLOCK_BYTES):
+        block = rest + chunk
+        cut = block.rfind(b"\n") + 1
+        if cut:
+            yield block[:cut]
+        rest = block[cut:]
+    if rest:
+        yield rest
 
 
 def check_generated(settings_file: Path, settings: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """Byte-level text classification (LRA "Text"): IMDb reviews as UTF-8 bytes, positive or negative.
 
-Source: the Hugging Face dataset stanfordnlp/imdb (parquet, columns text and label), read from
-<data.root>/<dir> when the files are there, else from the hub cache, offline. As in LRA, which
-had no validation split for IMDb, the test split also serves for validation.
+Source: the Hugging Face dataset stanfordnlp/imdb (parquet, columns text and label), loaded with
+datasets from <data.root>/<dir> when the files are there, else from the hub cache, offline
+(tasks/sources.py). As in LRA, which had no validation split for IMDb, the test split also serves
+for validation.
 """
 
 from __future__ import annotations

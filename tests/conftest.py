@@ -1,19 +1,34 @@
-"""Shared fixtures: the real Hydra configs, composed and shrunk for tests."""
+"""Shared fixtures: the real Hydra configs, composed and shrunk for tests, and the runners' entry
+points run as a user runs them, in a process of their own (run_cli) or, quicker, in this one (run_main)."""
 
 from __future__ import annotations
 
+import importlib
+import io
+import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Iterator
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+# Under pytest-xdist (`make test` runs a worker process per core) each worker, and the commands it
+# starts, share the cores out: torch's default of a thread per core in every one of them would
+# oversubscribe the cores, and a tiny run then takes twice as long. A value set outside wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
-import models.attention  # noqa: F401  (registers every attention schema)
-import tasks  # noqa: F401  (registers every task schema)
-from lra.config import CONF_DIR
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import lra.cli  # noqa: E402
+import models.attention  # noqa: F401,E402  (registers every attention schema)
+import tasks  # noqa: F401,E402  (registers every task schema)
+from lra.config import CONF_DIR  # noqa: E402
 
 REPO = CONF_DIR.parent
 
@@ -43,3 +58,52 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = Non
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+@contextmanager
+def _process_state_kept(cwd: Path | None) -> Iterator[None]:
+    """What an entry point changes in the process it runs in, put back afterwards: sys.argv, the
+    environment, the working directory, torch's thread count, and the logging Hydra configures
+    (its handlers, one of them a log file in the run directory, are closed)."""
+    root = logging.getLogger()
+    loggers = [root, *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    saved = [(lg, lg.level, lg.disabled, lg.propagate, list(lg.handlers)) for lg in loggers]
+    argv, environ, here, threads = sys.argv, dict(os.environ), os.getcwd(), torch.get_num_threads()
+    tracebacks = lra.cli._TRACEBACKS
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        for lg, level, disabled, propagate, handlers in saved:
+            for handler in set(lg.handlers) - set(handlers):
+                handler.close()
+            lg.setLevel(level)
+            lg.disabled, lg.propagate, lg.handlers[:] = disabled, propagate, handlers
+        sys.argv, lra.cli._TRACEBACKS = argv, tracebacks
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(here)
+        torch.set_num_threads(threads)
+
+
+def run_main(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` (a runner) run in this process, as run_cli runs it in a new one:
+    the runner's own `cli()` with `args` as its command line, its exit status and what it printed.
+
+    The seconds a new process spends importing torch and Hydra are saved; a process of its own is
+    still what a test of process-level behaviour (a signal, torchrun, Hydra's printed warnings) needs."""
+    runner = importlib.import_module(module)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode: int | str | None = 0
+    with _process_state_kept(cwd), redirect_stdout(stdout), redirect_stderr(stderr):
+        sys.argv = [runner.__file__, *args]
+        os.environ.pop("HYDRA_FULL_ERROR", None)  # as a user runs it: one line, no traceback
+        lra.cli._TRACEBACKS = False
+        try:
+            runner.cli()
+        except SystemExit as done:
+            returncode = done.code
+    if not isinstance(returncode, int):  # sys.exit(None) is success, sys.exit("message") failure
+        returncode = 0 if returncode is None else 1
+    return subprocess.CompletedProcess([module, *args], returncode, stdout.getvalue(), stderr.getvalue())

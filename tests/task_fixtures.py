@@ -54,7 +54,8 @@ def write_aan(directory: Path, rows: int = 24) -> None:
     """The LRA release's tsv_data/new_aan_pairs.{train,eval,test}.tsv: label, id1, id2, text1, text2."""
     directory.mkdir(parents=True, exist_ok=True)
     for split in ("train", "eval", "test"):
-        lines = [f"{float(i % 2)}\tP{i}\tQ{i}\tpaper {i} on parsing é\tpaper {i} cites {'x' * i}\n" for i in range(rows)]
+        lines = [f"{float(i % 2)}\tP{i}\tQ{i}\tpaper {i} on parsing é\tpaper {i} cites {'x' * i}\n"
+                 for i in range(rows)]
         (directory / f"new_aan_pairs.{split}.tsv").write_text("".join(lines), encoding="utf-8")
 
 

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from lra import checkpoint
+from lra.engine.finished import trained_model
+from lra.engine.resume import BEST
 from lra.errors import LRAError
-from runners.train import BEST, train
-from runners.trained import trained_model
+from runners.train import train_run
 
 
 def state(step: int) -> dict:
-    """A checkpoint shaped like runners/train.py's: tensors, numbers, strings and containers."""
+    """A checkpoint shaped like lra.engine.resume's: tensors, numbers, strings and containers."""
     generator = torch.Generator().manual_seed(step)
     return {"run_state": {"step": step, "config_hash": "abc", "best_val": 0.5},
             "model": {"weight": torch.randn(4, 3, generator=generator)}, "rng_cpu": generator.get_state()}
@@ -167,7 +168,7 @@ def test_without_fallback_no_previous_generation_is_kept_or_read(tmp_path: Path,
 
 def test_an_unreadable_best_checkpoint_of_a_finished_run_is_one_error_never_an_older_model(tiny_cfg, tmp_path: Path):
     cfg = tiny_cfg("trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=4")
-    train(cfg, tmp_path / "run")
+    train_run(cfg, tmp_path / "run")
     best = tmp_path / "run" / BEST
     assert not checkpoint.previous(best).exists()
     model = trained_model(tmp_path / "run", cfg, "distill.teacher")

@@ -12,18 +12,18 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
+from lra.engine.compression import (
+    check_settings, compressed_layers, job_config, make_permanent, prune_globally, pruned, quantized, sparsity,
+)
+from lra.engine.finished import trained_config, trained_model, trained_record
 from lra.errors import LRAError
 from lra.records import read_records, write_records
 from models.attention import list_attention
 from models.encoder import Classifier
-from runners.compress import (
-    SETTINGS, check_settings, compress, compressed_layers, job_config, make_permanent, prune_globally, pruned,
-    quantized, sparsity,
-)
-from runners.train import train
-from runners.trained import trained_config, trained_model, trained_record
+from runners.compress import compress
+from runners.train import train_run
 from tasks import load_task
-from tests.conftest import REPO, TINY, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, run_cli, run_main
 
 # Relative L2 error of the logits, int8 against fp32 (torch 2.13, CPU). Measured on the tiny models
 # below (seed 0): 1.2-2.2% over every attention variant (linformer the largest); over seeds 0-9 at
@@ -49,7 +49,7 @@ def trained_run(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny finished lra-train run (one thread: quick on a busy machine) and its record."""
     root = tmp_path_factory.mktemp("trained")
     before = torch.get_num_threads()
-    record = train(compose_config(*TINY, f"data.root={root / 'data'}", "hardware.threads=1"), root / "run")
+    record = train_run(compose_config(*TINY, f"data.root={root / 'data'}", "hardware.threads=1"), root / "run")
     torch.set_num_threads(before)
     return root / "run", record
 
@@ -142,7 +142,8 @@ def test_fine_tuning_after_pruning_keeps_the_zeros_and_moves_the_rest(trained_ru
 
 
 def compress_cli(*args: str):
-    return run_cli("runners.compress", *args, cwd=REPO)
+    """lra-compress's entry point, run in this process (conftest.run_main)."""
+    return run_main("runners.compress", *args)
 
 
 def test_a_compress_job_measures_every_model_skips_when_done_and_reruns_with_force(trained_run):
@@ -161,7 +162,9 @@ def test_a_compress_job_measures_every_model_skips_when_done_and_reruns_with_for
         assert (record["seq_len"], record["batch_size"]) == (48, 4)
         config = record["config"]
         assert config["hardware"]["device"] == "cpu" and config["model"] == trained["config"]["model"]
-        assert set(config["compress"]) == set(SETTINGS) and config["compress"]["sparsities"] == [0.5, 0.9]
+        assert set(config["compress"]) == {"run", "quantize", "sparsities", "finetune_steps", "finetune_lr",
+                                          "batch_size", "min_run_time"}
+        assert config["compress"]["sparsities"] == [0.5, 0.9]
         metrics = record["metrics"]
         assert METRICS <= set(metrics) and metrics["memory_measure"] == "live_tensor_bytes"
         assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["prediction_agreement"] <= 1
@@ -240,16 +243,17 @@ def test_bad_settings_are_refused_naming_the_key(override, message):
 
 
 def test_bad_input_is_one_line_naming_the_key_and_writes_nothing(tmp_path: Path):
-    def error_line(*args: str) -> str:
-        done = compress_cli(*args)
+    def error_line(done) -> str:
         assert done.returncode == 2, done.stderr
         [line] = done.stderr.strip().splitlines()
         assert line.startswith("lra-compress: error: ")
         return line.removeprefix("lra-compress: error: ")
 
-    assert error_line(f"run={tmp_path}") == f"run: {tmp_path} is not an lra-train run directory (no records.jsonl)"
+    not_a_run = run_cli("runners.compress", f"run={tmp_path}", cwd=REPO)  # as a user sees it: a process of its own
+    assert error_line(not_a_run) == f"run: {tmp_path} is not an lra-train run directory (no records.jsonl)"
+    assert not_a_run.stdout == ""
     (tmp_path / "records.jsonl").write_text(json.dumps({"kind": "bench", "status": "ok"}) + "\n")
-    assert error_line(f"run={tmp_path}", "batch_size=0") == "batch_size: must be at least 1, got 0"
+    assert error_line(compress_cli(f"run={tmp_path}", "batch_size=0")) == "batch_size: must be at least 1, got 0"
     # the default run directory is inside `run`: not even it was made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.jsonl"]
     with pytest.raises(LRAError, match=f"^run: {tmp_path / 'records.jsonl'} holds no lra-train record$"):

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from lra.config import CONF_DIR
 from models.attention import list_attention
 from tasks import TASKS
-from tests.conftest import REPO, compose_config, run_cli
+from tests.conftest import REPO, compose_config, run_cli, run_main
 
 
 def test_default_is_full_attention_on_listops_with_the_small_cpu_profile():
@@ -56,24 +56,34 @@ def test_every_group_option_has_a_registered_schema_and_composes():
 MODEL_OPTIONS = [yaml.stem for yaml in (CONF_DIR / "model").glob("*.yaml")]
 
 
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        ("model=nope", "model=nope: no such model; choose one of: " + ", ".join(sorted(MODEL_OPTIONS))),
-        ("hardware=tpu", "choose one of: cpu, gpu, h200"),
-        ("model.num_heads=x", "model.num_heads: Value 'x' of type 'str' could not be converted to Integer"),
-        ("model.attention.impl=fast", "model.attention.impl: Invalid value 'fast', expected one of [sdpa, math]"),
-        ("model.attention.windw=3", "model.attention.windw: Key 'windw' not in 'FullAttentionConfig'; known keys"),
-        ("trainer.max_steps=1.5", "trainer.max_steps"),
-        ("model=lsh model.attention.bucket_size=0", "model.attention.bucket_size: must be positive, got 0"),
-        ("model=performer model.attention.features=deterministic",
-         "model.attention.features: deterministic needs kernel relu"),
-    ],
-)
+BAD_COMMAND_LINES = [
+    ("model=nope", "model=nope: no such model; choose one of: " + ", ".join(sorted(MODEL_OPTIONS))),
+    ("hardware=tpu", "choose one of: cpu, gpu, h200"),
+    ("model.num_heads=x", "model.num_heads: Value 'x' of type 'str' could not be converted to Integer"),
+    ("model.attention.impl=fast", "model.attention.impl: Invalid value 'fast', expected one of [sdpa, math]"),
+    ("model.attention.windw=3", "model.attention.windw: Key 'windw' not in 'FullAttentionConfig'; known keys"),
+    ("trainer.max_steps=1.5", "trainer.max_steps"),
+    ("model=lsh model.attention.bucket_size=0", "model.attention.bucket_size: must be positive, got 0"),
+    ("model=performer model.attention.features=deterministic",
+     "model.attention.features: deterministic needs kernel relu"),
+]
+
+
+@pytest.mark.parametrize("override, expected", BAD_COMMAND_LINES)
 def test_bad_command_lines_fail_with_one_line(override, expected, tmp_path: Path):
-    result = run_cli("runners.train", *override.split(), f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
+    """lra-train's own entry point, run in this process: exit status 2 and one line, nothing written."""
+    result = run_main("runners.train", *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("lra-train: error: ") and expected in lines[0]
     assert not (tmp_path / "run" / "records.jsonl").exists()
+
+
+def test_a_bad_command_line_fails_with_one_line_from_a_process_of_its_own(tmp_path: Path):
+    """The same as a user sees it: nothing else printed (no warning, no traceback) and exit status 2."""
+    override, expected = BAD_COMMAND_LINES[0]
+    result = run_cli("runners.train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr == f"lra-train: error: {expected}\n" and result.stdout == ""
+    assert not (tmp_path / "run").exists()

@@ -9,10 +9,11 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lra.records import read_records
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, run_main
 
 STEPS = 12
-ARGS = [*TINY, "trainer.log_every=1", f"trainer.max_steps={STEPS}", "trainer.eval_every=6", "trainer.checkpoint_every=6"]
+ARGS = [*TINY, "trainer.log_every=1", f"trainer.max_steps={STEPS}", "trainer.eval_every=6",
+        "trainer.checkpoint_every=6"]
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -23,7 +24,7 @@ def losses(run_dir: Path) -> list[float]:
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path):
     data = f"data.root={tmp_path / 'data'}"
-    single = run_cli("runners.train", *ARGS, data, f"hydra.run.dir={tmp_path / 'single'}", cwd=REPO)
+    single = run_main("runners.train", *ARGS, data, f"hydra.run.dir={tmp_path / 'single'}")  # in this process
     assert single.returncode == 0, single.stderr
     two = subprocess.run(  # no hydra.run.dir: both processes must still name one run directory
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "runners.train",

@@ -1,5 +1,8 @@
 """SIGKILL a real lra-train process, or a whole sweep, after a checkpoint; rerun the same command:
-only the unfinished work is done again, to the same result."""
+only the unfinished work is done again, to the same result.
+
+The killed command runs in a process of its own; the uninterrupted runs it is compared with, and the
+reruns, run the same command line in this process (conftest.run_main)."""
 
 from __future__ import annotations
 
@@ -12,23 +15,30 @@ from pathlib import Path
 
 from lra import checkpoint
 from lra.records import read_records
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, run_main
 
-STEPS = 120
-ARGS = [*TINY, f"trainer.max_steps={STEPS}", "trainer.eval_every=40", "trainer.checkpoint_every=20"]
+# Long enough that a kill seen soon after the first checkpoint lands mid-run.
+STEPS = 60
+ARGS = [*TINY, f"trainer.max_steps={STEPS}", "trainer.eval_every=30", "trainer.checkpoint_every=10"]
 
 
-def command(run_dir: Path, data: Path) -> list[str]:
-    return [sys.executable, "-m", "runners.train", *ARGS, f"data.root={data}", f"hydra.run.dir={run_dir}"]
+def arguments(run_dir: Path, data: Path) -> list[str]:
+    return [*ARGS, f"data.root={data}", f"hydra.run.dir={run_dir}"]
+
+
+def command(arguments: list[str]) -> list[str]:
+    """The command line of lra-train with `arguments`, as a process of its own."""
+    return [sys.executable, "-m", "runners.train", *arguments]
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path):
     data = tmp_path / "data"
-    subprocess.run(command(tmp_path / "straight", data), cwd=REPO, check=True, capture_output=True)
+    assert run_main("runners.train", *arguments(tmp_path / "straight", data)).returncode == 0
     straight = read_records(tmp_path / "straight" / "records.jsonl")[0]
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(command(killed_dir, data), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command(arguments(killed_dir, data)), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed_dir / "checkpoints" / checkpoint.LAST
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -39,7 +49,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path):
     assert 0 < saved_step < STEPS, "the kill should land mid-run"
     assert not (killed_dir / "records.jsonl").exists()
 
-    rerun = subprocess.run(command(killed_dir, data), cwd=REPO, capture_output=True, text=True)
+    rerun = run_main("runners.train", *arguments(killed_dir, data))
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from {last} at step" in (killed_dir / "train.log").read_text()
     resumed = read_records(killed_dir / "records.jsonl")[0]
@@ -47,9 +57,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path):
     assert abs(resumed["metrics"]["test_accuracy"] - straight["metrics"]["test_accuracy"]) <= 0.05
 
 
-def sweep_command(sweep: Path, data: Path) -> list[str]:
-    return [sys.executable, "-m", "runners.train", "-m", "model=full,linear,local", *ARGS, f"data.root={data}",
-            f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false"]
+def sweep_arguments(sweep: Path, data: Path) -> list[str]:
+    return ["-m", "model=full,linear,local", *ARGS, f"data.root={data}", f"hydra.sweep.dir={sweep}",
+            "hydra.callbacks.sweep.report=false"]
 
 
 def job_records(sweep: Path) -> dict[str, dict]:
@@ -58,11 +68,11 @@ def job_records(sweep: Path) -> dict[str, dict]:
 
 def test_a_killed_sweep_reruns_only_its_unfinished_jobs_to_the_same_records(tmp_path: Path):
     data = tmp_path / "data"
-    straight = subprocess.run(sweep_command(tmp_path / "straight", data), cwd=REPO, capture_output=True)
+    straight = run_main("runners.train", *sweep_arguments(tmp_path / "straight", data))
     assert straight.returncode == 0, straight.stderr
 
     sweep = tmp_path / "killed"
-    process = subprocess.Popen(sweep_command(sweep, data), cwd=REPO, start_new_session=True,
+    process = subprocess.Popen(command(sweep_arguments(sweep, data)), cwd=REPO, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:  # the first job done, the second mid-run
@@ -73,7 +83,7 @@ def test_a_killed_sweep_reruns_only_its_unfinished_jobs_to_the_same_records(tmp_
     process.wait()
     assert len(job_records(sweep)) == 1, "the kill should land in the second job"
 
-    rerun = subprocess.run(sweep_command(sweep, data), cwd=REPO, capture_output=True, text=True)
+    rerun = run_main("runners.train", *sweep_arguments(sweep, data))
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.count("already finished for this config") == 1
     assert rerun.stdout.count("resumed from") == 1

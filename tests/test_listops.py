@@ -175,6 +175,7 @@ def test_read_split_truncates_to_max_len(tmp_path):
 
 @pytest.mark.parametrize(("body", "line", "what"), [
     ("Source\tTarget\r\n[MAX 2 ]\t2\r\n[MAX 2 ]\r\n", 3, "expected 2 tab-separated fields"),
+    ("Source\tTarget\r\n[MAX 2 ]\tx\r\n[MAX 2 ]\r\n", 2, "label 'x'"),  # the first bad line, whatever is wrong
     ("Source\tTarget\r\n[MAX 2 ]\t2\t2\r\n", 2, "got 3"),
     ("Source\tTarget\r\n[MAX 2 ]\t12\r\n", 2, "label '12' is not a digit 0-9"),
     ("Source\tTarget\r\n[MAX 2 ]\tx\r\n", 2, "label 'x'"),
@@ -193,6 +194,14 @@ def test_read_split_names_the_bad_line(tmp_path, body, line, what):
     message = str(error.value)
     assert message.startswith(f"{path}:{line}: ") and what in message
     assert "\n" not in message
+
+
+def test_read_split_names_a_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "basic_val.tsv"
+    path.write_bytes(b"Source\tTarget\r\n[MAX 2 ]\t2\r\n( [MAX \xff ] )\t2\r\n[MAX 2 ]\r\n")
+    with pytest.raises(LRAError) as error:
+        listops.read_split(path, max_len=100)
+    assert str(error.value) == f"{path}:3: not UTF-8 text"
 
 
 @pytest.mark.parametrize(("body", "what"), [

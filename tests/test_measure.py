@@ -1,9 +1,10 @@
 """The CPU live-tensor-bytes tracker counts exactly what the measured block allocates: never the
 tensors that existed before it (weights, optimizer state, the batch), their views or their
-in-place updates."""
+in-place updates. The timer warms up once and times on the thread count torch is set to."""
 
 from __future__ import annotations
 
+import time
 from typing import Iterable
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.measure import LiveTensorBytes, peak_memory
+from lra.measure import LiveTensorBytes, median_seconds, peak_memory
 
 CPU = torch.device("cpu")
 FLOAT = 4  # bytes of a float32
@@ -159,6 +160,7 @@ def test_a_training_step_counts_its_activations_and_gradients():
     # the first layer's output and the ReLU's are alive at once
     assert max(2 * hidden_bytes, after_backward) < tracker.peak <= forward + backward
 
+
 def test_the_cap_counts_only_what_the_block_allocates():
     layer, x = nn.Linear(1024, 1024), torch.randn(8, 1024)
     cap = 2**20  # 1 MB: below the 4 MB weight, above the 32 KB output
@@ -167,3 +169,21 @@ def test_the_cap_counts_only_what_the_block_allocates():
     assert memory.bytes == 8 * 1024 * FLOAT
     with pytest.raises(torch.OutOfMemoryError), peak_memory(CPU, cap):
         torch.empty(cap // FLOAT + 1)
+
+
+def test_median_seconds_leaves_the_warm_up_untimed_and_times_on_the_thread_count_torch_is_set_to():
+    threads: list[int] = []  # torch's thread count during each call
+
+    def call() -> None:  # slow once, as a first call that compiles or allocates is
+        threads.append(torch.get_num_threads())
+        time.sleep(0.3 if len(threads) == 1 else 0.02)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the profile's, say; the Timer's own default is 1
+    try:
+        seconds = median_seconds(call, min_run_time=0.1)
+    finally:
+        torch.set_num_threads(before)
+    assert 0.02 <= seconds < 0.05
+    assert set(threads) == {2}
+    assert len(threads) <= 7  # one warm-up call, then 0.1 s of timed calls: no warm-up before each block

@@ -17,7 +17,6 @@ from lra.errors import LRAError
 from runners.data import build_parser, cli
 from tasks import pathfinder
 from tasks import pathfinder_draw as pf
-from tests.conftest import REPO, run_cli
 
 
 def read_release(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -159,13 +158,13 @@ def test_positive_markers_are_joined_by_a_contour_and_negative_ones_mostly_not()
     assert joined[False] <= 60
 
 
-def test_cli_writes_the_release_layout(tmp_path):
+def test_cli_writes_the_release_layout(tmp_path, capsys):
+    """`lra-data pathfinder`, called in this process (test_listops runs `python -m runners.data`)."""
     out = tmp_path / "pathfinder32"
-    done = run_cli("runners.data", "pathfinder", "--out", str(out), "--count", "12", "--seed", "5",
-                   "--workers", "2", "--no-progress", cwd=REPO)
-    assert done.returncode == 0, done.stderr
+    cli(["pathfinder", "--out", str(out), "--count", "12", "--seed", "5", "--workers", "2", "--no-progress"])
+    printed = capsys.readouterr()
     folder = out / "curv_contour_length_14"
-    assert done.stdout.count("\n") == 1 and str(folder) in done.stdout
+    assert printed.err == "" and printed.out.count("\n") == 1 and str(folder) in printed.out
     assert sorted(p.name for p in out.iterdir()) == ["curv_contour_length_14"]  # no temporary left
     assert sorted(p.name for p in folder.iterdir()) == ["generator.json", "imgs", "metadata"]
     assert sorted(p.name for p in (folder / "imgs" / "0").iterdir()) == sorted(f"sample_{i}.png" for i in range(12))

@@ -12,11 +12,11 @@ import pytest
 
 from lra.errors import LRAError
 from lra.report import (
-    Group, accuracy_tables, bubble_plot, crossover_table, efficiency_tables, load_records, scaling_plot, summarise,
-    write_report,
+    FUSED, PLAIN, Group, accuracy_tables, bubble_plot, crossover_table, efficiency_tables, load_records, scaling_plot,
+    summarise, write_report,
 )
 from lra.report.cells import ordered_tasks
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, compose_config, run_cli, run_main
 from tests.report_fixtures import bench, sample_runs, train, write
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -132,6 +132,11 @@ def test_efficiency_ratios_against_both_full_attention_forms(tmp_path: Path):
     assert infer.frame.loc["linformer", 512] == "50 (—, —)"  # no full attention measured there
 
 
+def test_the_baselines_are_the_names_runs_of_both_full_attention_forms_record():
+    names = [compose_config(f"model={model}", config="bench").model.name for model in ("full_math", "full")]
+    assert names == [PLAIN, FUSED]
+
+
 def crossover_runs() -> list[dict]:
     """Fused attention out of memory at 4096. zigzag: faster at 256, slower at 512, faster from 1024
     on, and less memory everywhere; late: slower wherever fused attention runs; never: slower, and
@@ -216,10 +221,11 @@ def test_malformed_records_and_empty_dirs_are_named(tmp_path: Path):
 
 def test_cli_writes_the_report_and_bad_input_is_one_line_with_nothing_written(tmp_path: Path):
     runs = sample_runs(tmp_path / "runs")
-    result = run_cli("runners.report", f"runs={runs}", f"out={tmp_path / 'out'}", "reference=lra_paper", cwd=REPO)
+    result = run_main("runners.report", f"runs={runs}", f"out={tmp_path / 'out'}", "reference=lra_paper")
     assert result.returncode == 0, result.stderr
     assert "| linformer " in result.stdout and (tmp_path / "out" / "leaderboard.html").exists()
 
+    # bad input as a user sees it: from a process of its own, one line and nothing else
     result = run_cli("runners.report", f"runs={runs}", f"out={tmp_path / 'bad'}", "reference=x", cwd=REPO)
     assert result.returncode == 2
     assert result.stderr.strip() == "lra-report: error: report.reference: unknown reference 'x'; known: lra_paper"

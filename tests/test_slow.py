@@ -8,7 +8,7 @@ import pytest
 
 from lra.records import read_records
 from models.attention import list_attention
-from runners.train import train
+from runners.train import train_run
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_pathfinder_on_the_cpu_profile_generates_its_images_and_trains(tmp_path:
 
 @pytest.mark.parametrize("name", list_attention())
 def test_compiled_model_trains_like_the_eager_one(tiny_cfg, tmp_path: Path, name):
-    eager = train(tiny_cfg(f"model={name}"), tmp_path / "eager")
-    compiled = train(tiny_cfg(f"model={name}", "hardware.compile=true"), tmp_path / "compiled")
+    eager = train_run(tiny_cfg(f"model={name}"), tmp_path / "eager")
+    compiled = train_run(tiny_cfg(f"model={name}", "hardware.compile=true"), tmp_path / "compiled")
     assert compiled["status"] == "ok"
     assert compiled["metrics"]["train_loss"] == pytest.approx(eager["metrics"]["train_loss"], abs=1e-3)

@@ -11,11 +11,12 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
 
 from lra.config import CONF_DIR
 from lra.records import read_records
 from lra.sweep import STARTED, SweepEnd, summary, sweep_jobs
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, run_cli, run_main
 from tests.report_fixtures import sample_runs
 
 MODELS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
@@ -55,10 +56,10 @@ def test_the_scaling_sweep_benches_every_variant_and_the_seeds_sweep_repeats_one
 
 def test_every_experiment_runs_a_few_steps_in_one_sweep(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    result = run_cli(
+    result = run_main(
         "runners.train", "-m", "experiment=glob(*)", "task.generate.train=200", "task.generate.val=32",
         "task.generate.test=32", "task.generate.max_len=48", "task.max_len=48", "trainer.max_steps=3",
-        f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false", cwd=REPO,
+        f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false",
     )
     assert result.returncode == 0, result.stderr
     records = [record for found in records_by_dir(sweep).values() for record in found]
@@ -85,9 +86,9 @@ def chaos_configs(root: Path) -> Path:
 
 def test_a_sweep_survives_a_job_that_raises_one_out_of_memory_and_one_diverging(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    result = run_cli(
+    result = run_main(
         "runners.train", "-m", f"+chaos={','.join(CHAOS)}", *TINY, f"data.root={tmp_path / 'data'}",
-        f"hydra.searchpath=[file://{chaos_configs(tmp_path / 'conf')}]", f"hydra.sweep.dir={sweep}", cwd=REPO,
+        f"hydra.searchpath=[file://{chaos_configs(tmp_path / 'conf')}]", f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 1, result.stderr
     assert "lra-train: sweep of 4 jobs, 4 records: 1 ok, 1 oom, 1 diverged, 1 failed, 0 skipped" in result.stdout
@@ -106,8 +107,8 @@ def test_a_rerun_skips_finished_jobs_reruns_failed_ones_and_force_reruns_all(tmp
     sweep, data = tmp_path / "sweep", tmp_path / "data"
 
     def rerun(*overrides: str):
-        return run_cli("runners.train", "-m", "model=full,linear", *TINY, f"data.root={data}",
-                       f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false", *overrides, cwd=REPO)
+        return run_main("runners.train", "-m", "model=full,linear", *TINY, f"data.root={data}",
+                        f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false", *overrides)
 
     assert rerun().returncode == 0
     first = records_by_dir(sweep)
@@ -132,11 +133,12 @@ def test_a_rerun_skips_finished_jobs_reruns_failed_ones_and_force_reruns_all(tmp
 def test_a_job_directory_holding_another_configs_records_is_refused(tmp_path: Path):
     run = tmp_path / "run"
     args = [*TINY, f"data.root={tmp_path / 'data'}", f"hydra.run.dir={run}"]
-    assert run_cli("runners.train", *args, cwd=REPO).returncode == 0
-    other = run_cli("runners.train", *args, "seed=1", cwd=REPO)
+    assert run_main("runners.train", *args).returncode == 0
+    other = run_main("runners.train", *args, "seed=1")
     assert other.returncode == 2
     [line] = other.stderr.strip().splitlines()
-    assert line.startswith(f"lra-train: error: {run / 'records.jsonl'}: records of another config") and "force=true" in line
+    assert line.startswith(f"lra-train: error: {run / 'records.jsonl'}: records of another config")
+    assert "force=true" in line
     assert read_records(run / "records.jsonl")[0]["seed"] == 0
 
 
@@ -170,6 +172,17 @@ def test_a_two_job_sweep_through_a_launcher_writes_both_records_and_the_report(t
     assert all(found[0]["status"] == "ok" for found in records.values())
     table = (sweep / "leaderboard.md").read_text()
     assert "| full-sdpa " in table and "| linear " in table
+
+
+@pytest.mark.parametrize("command", ["train", "bench", "compress"])
+def test_every_sweeping_command_ends_its_sweeps_with_the_one_callback_under_its_own_name(command):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=command, overrides=["hydra.callbacks.sweep.reference=lra_paper"],
+                      return_hydra_config=True)
+    callback = instantiate(cfg.hydra.callbacks.sweep)
+    assert isinstance(callback, SweepEnd)
+    assert (callback.prog, callback.report, callback.reference) == (f"lra-{command}", True, "lra_paper")
+    assert callback.out == cfg.hydra.sweep.dir
 
 
 def test_the_sweep_report_without_records_says_so_in_one_line(tmp_path: Path, capsys):

@@ -22,6 +22,7 @@ from lra.records import read_records
 from models.encoder import Classifier
 from tasks import image, load_task, pathfinder, retrieval, text
 from tasks.cache import CACHE_DIR
+from tasks.sources import read_table
 from tests.conftest import REPO, compose_config, run_cli
 from tests.task_fixtures import (
     REVIEWS, follow_the_missing_data_hint, png_bytes, write_aan, write_cifar, write_imdb, write_pathfinder_tree,
@@ -81,8 +82,9 @@ def test_every_task_trains_a_few_steps_through_lra_train(task, tmp_path: Path):
 
 
 def test_missing_text_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path):
-    result = run_cli("runners.train", "task=text", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
-                     cwd=REPO, env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    result = run_cli("runners.train", "task=text", f"data.root={tmp_path / 'data'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO,
+                     env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("lra-train: error: no IMDb reviews")
@@ -107,6 +109,18 @@ def test_text_is_utf8_bytes_truncated_and_validated_on_test(suffix, tmp_path: Pa
     assert data.val is data.test
 
 
+def mapped_file(array: np.ndarray) -> Path | None:
+    """The file whose memory mapping holds the array's data, from this process's map (Linux)."""
+    address = array.__array_interface__["data"][0]
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split(maxsplit=5)
+        start, end = (int(bound, 16) for bound in span.split("-"))
+        if start <= address < end:
+            return Path(rest[4]) if len(rest) == 5 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory map of a Linux process")
 def test_the_second_load_comes_from_the_cache_and_a_changed_setting_rebuilds(tmp_path: Path, monkeypatch):
     write_imdb(tmp_path / "imdb", rows=10)
     first = text.load(task_config("text", tmp_path, "task.max_len=12"), tmp_path, generate=True, progress=False)
@@ -116,7 +130,10 @@ def test_the_second_load_comes_from_the_cache_and_a_changed_setting_rebuilds(tmp
 
     monkeypatch.setattr(text, "read_texts", unreachable)
     again = text.load(task_config("text", tmp_path, "task.max_len=12"), tmp_path, generate=True, progress=False)
-    assert isinstance(again.train.towers[0].values, np.memmap)
+    [entry] = (tmp_path / CACHE_DIR).iterdir()
+    (tokens,) = again.train.towers
+    for array in (tokens.values, tokens.offsets, again.train.labels):  # views of the cache file, not copies
+        assert mapped_file(array) == entry / "train.arrow" and not array.flags.writeable
     assert [t.tolist() for (t,), _ in (again.train[i] for i in range(10))] == \
            [t.tolist() for (t,), _ in (first.train[i] for i in range(10))]
     with pytest.raises(AssertionError, match="cache should have served"):
@@ -135,6 +152,16 @@ def test_text_labels_out_of_range_name_the_file_and_row(tmp_path: Path):
     with pytest.raises(LRAError, match=r"train-00000-of-00001.parquet: row 2: label 2 is not a class 0-1"):
         text.load(task_config("text", tmp_path), tmp_path, generate=True, progress=False)
     assert not (tmp_path / CACHE_DIR).exists() or not any((tmp_path / CACHE_DIR).iterdir())
+
+
+def test_a_csv_broken_past_its_first_batch_is_one_error_naming_it_and_nothing_else(tmp_path: Path, capfd):
+    rows = ["text,label", *(f"review {i},{i % 2}" for i in range(20_000))]
+    rows[15_001] = "x,1,2,3"  # past the first batch the loader reads
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(LRAError, match=r"train.csv: not a readable csv file: .*line 15002"):
+        read_table(path, ["text", "label"])
+    assert capfd.readouterr().err == ""  # datasets' own log line would repeat the error
 
 
 def test_a_missing_split_is_named(tmp_path: Path):
@@ -203,6 +230,17 @@ def test_bad_retrieval_rows_name_the_file_and_line(line, expected, tmp_path: Pat
         retrieval.load(task_config("retrieval", tmp_path), tmp_path, generate=True, progress=False)
 
 
+def test_retrieval_fields_are_read_as_written_and_counted_on_each_line(tmp_path: Path):
+    path = tmp_path / "new_aan_pairs.train.tsv"
+    path.write_bytes(b'1\tP\tQ\t"a "b\rc\t\r\n0.0\tP\tQ\t#x\t y\n')  # quotes, a lone CR, an empty last field
+    pairs = retrieval.read_pairs(path, num_classes=2, max_len=20, progress=False)
+    assert [[bytes(doc.tolist()) for doc in docs] for docs, _ in pairs] == [[b'"a "b\rc', b""], [b"#x", b" y"]]
+    assert pairs.labels.tolist() == [1, 0]
+    path.write_bytes(b"1\tP\tQ\ta\tb\tc\n0\tP\tQ\tx\ty\n")  # one field too many, on the first line
+    with pytest.raises(LRAError, match=r"new_aan_pairs.train.tsv:1: expected 5 tab-separated fields .* got 6"):
+        retrieval.read_pairs(path, num_classes=2, max_len=20, progress=False)
+
+
 def test_retrieval_missing_split_or_data(tmp_path: Path):
     with pytest.raises(LRAError, match=r"no ACL Anthology pairs .* lra_release"):
         retrieval.load(task_config("retrieval", tmp_path), tmp_path, generate=True, progress=False)
@@ -220,8 +258,9 @@ def test_two_towers_share_the_encoder_and_classify_u_v_product_and_difference():
     tokens = torch.randint(256, (3, 2, 12))
     mask = torch.arange(12) < torch.tensor([[12, 5], [7, 12], [3, 9]])[..., None]
     u = model.encoder(tokens[:, 0], mask[:, 0])
-    v = torch.stack([model.encoder(tokens[i, 1, : int(mask[i, 1].sum())][None], mask[i, 1, : int(mask[i, 1].sum())][None])[0]
-                     for i in range(3)])  # each second document alone, unpadded
+    lengths = mask[:, 1].sum(dim=-1).tolist()
+    v = torch.stack([model.encoder(tokens[i, 1, :n][None], mask[i, 1, :n][None])[0]
+                     for i, n in enumerate(lengths)])  # each second document alone, unpadded
     expected = model.head(torch.cat([u, v, u * v, u - v], dim=-1))
     assert torch.allclose(model(tokens, mask), expected, atol=1e-5)
 

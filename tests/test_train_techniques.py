@@ -11,12 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from lra import checkpoint
+from lra.config import CONF_DIR, technique_fields
+from lra.engine.device import seed_everything
+from lra.engine.finished import trained_config
+from lra.engine.objectives import Distillation, objective
+from lra.engine.resume import LAST
+from lra.engine.step import Trainee, micro_batch, train_step
 from lra.errors import LRAError
 from lra.optim import build_optimizer, build_scheduler
+from lra.records import resolved, techniques
 from models.encoder import Classifier
-from runners.distill import Distillation, objective
-from runners.trained import trained_config
-from runners.train import LAST, Trainee, micro_batch, seed_everything, train, train_step
+from runners.train import train_run
 from tasks import task_config
 from tasks.batching import pad_batch
 from tests.conftest import compose_config
@@ -84,7 +89,7 @@ def test_fp16_steps_scale_the_loss_and_skip_an_overflowing_step():
 
 
 def test_an_fp16_run_keeps_its_scaler_in_the_checkpoint(tiny_cfg, tmp_path: Path):
-    record = train(tiny_cfg("hardware.precision=fp16", "trainer.max_steps=6", "trainer.eval_every=6"), tmp_path)
+    record = train_run(tiny_cfg("hardware.precision=fp16", "trainer.max_steps=6", "trainer.eval_every=6"), tmp_path)
     assert record["status"] == "ok" and record["precision"] == "fp16"
     saved = checkpoint.load(tmp_path / LAST)
     assert 0 < saved["scaler"]["scale"] <= 2.0**16
@@ -113,8 +118,8 @@ def test_distillation_loss_mixes_the_soft_and_hard_terms():
 
 
 def test_a_distilled_run_names_its_teacher_and_its_loss_combines_both_terms(tiny_cfg, tmp_path: Path):
-    teacher = train(tiny_cfg("trainer.max_steps=10"), tmp_path / "teacher")
-    record = train(tiny_cfg("model=local", "trainer.max_steps=10", "trainer.log_every=10",
+    teacher = train_run(tiny_cfg("trainer.max_steps=10"), tmp_path / "teacher")
+    record = train_run(tiny_cfg("model=local", "trainer.max_steps=10", "trainer.log_every=10",
                             f"distill.teacher={tmp_path / 'teacher'}", "distill.alpha=0.25"), tmp_path / "student")
     assert record["status"] == "ok" and record["techniques"] == ["distilled"]
     metrics = record["metrics"]
@@ -126,7 +131,7 @@ def test_a_distilled_run_names_its_teacher_and_its_loss_combines_both_terms(tiny
 
 
 def test_a_distilled_student_starts_from_the_weights_of_its_baseline(tiny_cfg, tmp_path: Path):
-    train(tiny_cfg("trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "teacher")
+    train_run(tiny_cfg("trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "teacher")
     starts = []
     for teacher in ("null", tmp_path / "teacher"):  # the baseline, then the distilled run, as train() starts them
         cfg = tiny_cfg("model=local", f"distill.teacher={teacher}")
@@ -142,17 +147,17 @@ def test_a_distilled_student_starts_from_the_weights_of_its_baseline(tiny_cfg, t
 
 def test_a_teacher_must_be_a_finished_run_of_the_same_task(tiny_cfg, tmp_path: Path):
     with pytest.raises(LRAError, match="distill.teacher: .* not an lra-train run directory"):
-        train(tiny_cfg(f"distill.teacher={tmp_path}"), tmp_path / "student")
-    train(tiny_cfg("trainer.max_steps=4", "trainer.eval_every=4"), tmp_path / "teacher")
+        train_run(tiny_cfg(f"distill.teacher={tmp_path}"), tmp_path / "student")
+    train_run(tiny_cfg("trainer.max_steps=4", "trainer.eval_every=4"), tmp_path / "teacher")
     with pytest.raises(LRAError, match=r"distill.teacher: .*\(max_len 48\).*\(max_len 40\)"):
-        train(tiny_cfg(f"distill.teacher={tmp_path / 'teacher'}", "task.max_len=40", "task.generate.max_len=40"),
+        train_run(tiny_cfg(f"distill.teacher={tmp_path / 'teacher'}", "task.max_len=40", "task.generate.max_len=40"),
               tmp_path / "student")
     with pytest.raises(LRAError, match="distill.alpha"):
-        train(tiny_cfg(f"distill.teacher={tmp_path / 'teacher'}", "distill.alpha=1.5"), tmp_path / "student")
+        train_run(tiny_cfg(f"distill.teacher={tmp_path / 'teacher'}", "distill.alpha=1.5"), tmp_path / "student")
 
 
 def test_encoder_techniques_and_accumulation_train_and_are_named_in_the_record(tiny_cfg, tmp_path: Path):
-    record = train(tiny_cfg("model.num_layers=2", "model.encoder.share_layers=true", "model.encoder.embed_dim=16",
+    record = train_run(tiny_cfg("model.num_layers=2", "model.encoder.share_layers=true", "model.encoder.embed_dim=16",
                             "model.encoder.reversible=true", "trainer.accumulate=2", "trainer.max_steps=6",
                             "trainer.eval_every=6"), tmp_path)
     assert record["status"] == "ok", record["error"]
@@ -160,17 +165,17 @@ def test_encoder_techniques_and_accumulation_train_and_are_named_in_the_record(t
     # trainer.batch_size is the step's batch, whatever the accumulation: 16 as 2 micro-batches of 8
     assert record["batch_size"] == 16 and record["metrics"]["micro_batch_size"] == 8
     assert record["metrics"]["accumulate"] == 2
-    plain = train(tiny_cfg("model.num_layers=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "plain")
+    plain = train_run(tiny_cfg("model.num_layers=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "plain")
     # one block for two layers, and narrow embeddings: 0.60x here (the head and norms stay)
     assert 0 < record["metrics"]["weights_mb"] < 0.65 * plain["metrics"]["weights_mb"]
     with pytest.raises(LRAError, match="trainer.accumulate: must be at least 1"):
-        train(tiny_cfg("trainer.accumulate=0"), tmp_path / "bad")
+        train_run(tiny_cfg("trainer.accumulate=0"), tmp_path / "bad")
     with pytest.raises(LRAError, match="trainer.accumulate: must divide trainer.batch_size=16"):
-        train(tiny_cfg("trainer.accumulate=3"), tmp_path / "bad")
+        train_run(tiny_cfg("trainer.accumulate=3"), tmp_path / "bad")
 
 
 def test_a_run_recorded_when_batch_size_was_the_micro_batch_is_rebuilt_with_its_whole_batch(tiny_cfg, tmp_path):
-    record = train(tiny_cfg("trainer.accumulate=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path)
+    record = train_run(tiny_cfg("trainer.accumulate=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path)
     assert trained_config(record).trainer.batch_size == 16
     older = {**record, "schema": 2, "config": {**record["config"], "trainer": {**record["config"]["trainer"],
                                                                                "batch_size": 8}}}
@@ -185,3 +190,21 @@ def test_the_accumulate_preset_keeps_the_tasks_batch(task, hardware):
     accumulated = compose_config(f"task={task}", f"hardware={hardware}", "technique=accumulate")
     assert accumulated.trainer.batch_size == alone.trainer.batch_size
     assert accumulated.trainer.accumulate == 4 and micro_batch(accumulated) * 4 == alone.trainer.batch_size
+
+
+def flat(node: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as `a.b.c` -> value."""
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("preset", sorted(path.stem for path in (CONF_DIR / "technique").glob("*.yaml")))
+def test_every_technique_preset_sets_only_keys_the_records_name(preset):
+    """A preset changes technique fields (lra.config metadata) or the precision, and the record names it."""
+    plain, applied = flat(resolved(compose_config())), flat(resolved(compose_config(f"technique={preset}")))
+    changed = {key for key in plain.keys() | applied.keys() if plain.get(key) != applied.get(key)}
+    assert changed and changed <= {field.key for field in technique_fields()} | {"hardware.precision"}
+    named = techniques(compose_config(f"technique={preset}"))
+    assert len(named) == len(changed - {"hardware.precision"}) and techniques(compose_config()) == []

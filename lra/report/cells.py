@@ -11,9 +11,12 @@ from typing import Iterable, NamedTuple
 
 import pandas as pd
 
-# The two forms of full attention: the plain one is the LRA paper's baseline, the fused one the
-# fastest exact attention torch offers. Every other model name comes from the records.
-PLAIN, FUSED = "full-math", "full-sdpa"
+from lra.config import FullImpl, full_attention_name
+
+# The two forms of full attention, named as their runs are: the plain one is the LRA paper's
+# baseline, the fused one the fastest exact attention torch offers. Every other model name comes
+# from the records.
+PLAIN, FUSED = full_attention_name(FullImpl.math), full_attention_name(FullImpl.sdpa)
 BASELINES = {"plain": PLAIN, "fused": FUSED}
 FP32 = "fp32"  # the precision a row's label leaves unsaid
 JOIN = " + "  # between a row label's variant and what was done to it

@@ -10,6 +10,7 @@ from typing import Callable
 
 import pandas as pd
 
+from lra.memory import MEASURES
 from lra.report.cells import BASELINES, FP32, FUSED, GROUP, OURS, PLAIN, Group, aggregate, label, sort_models
 from lra.report.reference import published_efficiency
 from lra.report.table import Table, number, ratio, status_text
@@ -19,11 +20,6 @@ RATIOS = {"speed": "steps_per_s", "memory": "peak_memory_mb"}  # the figures com
 RATIO_COLUMNS = [f"{kind}_vs_{name}" for kind in RATIOS for name in BASELINES]
 COLUMNS = [*GROUP, "source", "model", "our_model", "precision", "seq_len", "n", "failed", "status", "memory_measure",
            *FIGURES, *RATIO_COLUMNS]
-MEASURES = {  # what each memory_measure of the records counts
-    "live_tensor_bytes": "live tensor bytes one step allocates",
-    "cuda_max_allocated_minus_baseline": "CUDA max allocated minus the baseline",
-    "published": "as published",
-}
 
 
 def efficiency_cells(records: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Run records in: every records.jsonl under a directory, as one DataFrame, each record named as
-its row in the tables.
+its row in the tables. Records of older schemas are read as the current one states them (lra.records).
 
 A cell of a table aggregates only records whose resolved configs differ by the seed alone (and by
 the keys that name a run rather than what it computes: `IDENTITY` and the keys left out of the
@@ -17,14 +17,13 @@ from typing import Any
 
 import pandas as pd
 
+from lra.config import unhashed_keys
 from lra.errors import LRAError
-from lra.records import NOT_HASHED, RECORDS_FILE, read_records
-from lra.report.cells import FP32, label
+from lra.records import RECORDS_FILE, read_records, upgraded
+from lra.report.cells import label
 
 # Fields the report reads from every record (DESIGN.md, "Run records").
 REQUIRED = ("kind", "model", "task", "hardware", "seed", "seq_len", "batch_size", "status", "metrics")
-# What records of schema 1, which lack these fields, were: no technique, fp32, not compressed.
-SCHEMA_1 = {"techniques": (), "precision": FP32, "compression": None}
 # Config keys that tell runs of one experiment apart without changing what it measures: the seed, the
 # run lra-compress read (a directory per seed), and the lengths and modes of a bench job (each of
 # its records names its own length and mode).
@@ -42,8 +41,9 @@ def load_records(runs: Path) -> pd.DataFrame:
             missing = [key for key in REQUIRED if not isinstance(record, dict) or key not in record]
             if missing:
                 raise LRAError(f"{path}: record {number}: not a run record (missing: {', '.join(missing)})")
+            record = upgraded(record)
             setup = experiment(record.pop("config", None))
-            rows.append({**SCHEMA_1, **record, "path": str(path.parent), "setup": setup})
+            rows.append({**record, "path": str(path.parent), "setup": setup})
     if not rows:
         raise LRAError(f"{runs}: no {RECORDS_FILE} found")
     return pd.json_normalize([labelled(row) for row in with_setup_labels(rows)])
@@ -62,7 +62,7 @@ def experiment(config: dict[str, Any] | None) -> dict[str, str]:
             flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
 
     walk(config or {}, "")
-    for key in (*IDENTITY, *NOT_HASHED):
+    for key in (*IDENTITY, *unhashed_keys()):
         flat.pop(key, None)
     return flat
 

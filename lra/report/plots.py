@@ -13,9 +13,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from lra.files import atomic_write
+from lra.memory import MEASURES
 from lra.report.accuracy import AVG
 from lra.report.cells import OURS, Group, groups
-from lra.report.efficiency import MEASURES
 from lra.report.uncertainty import flagged
 
 # Figures plotted against length: (file name prefix, what the y axis shows).

@@ -13,9 +13,9 @@ import re
 
 import pandas as pd
 
+from lra.memory import MEASURES
 from lra.report.accuracy import AT_CHANCE, accuracy_text, interval_text, marks_text, tested_cells
 from lra.report.cells import FP32, OURS, aggregate, label, ordered_tasks, sort_models
-from lra.report.efficiency import MEASURES
 from lra.report.table import MISSING, Table, number, ratio, status_text
 from lra.report.uncertainty import INTERVAL
 

@@ -13,14 +13,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from lra.config import AttentionConfig, Choice
+
+from lra.config import AttentionConfig, FullImpl
 from models.attention import Attention, register_attention
 from models.attention.masking import mask_scores
-
-
-class FullImpl(Choice):
-    sdpa = "sdpa"
-    math = "math"
 
 
 @dataclass

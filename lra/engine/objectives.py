@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from lra.engine.finished import trained_config, trained_model, trained_record
 from lra.errors import LRAError
-from runners.trained import trained_config, trained_model, trained_record
 from tasks import task_config
 
 # (logits, labels, tokens, mask) -> the mean loss over the batch, and its named terms (detached)

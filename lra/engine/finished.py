@@ -1,12 +1,12 @@
 """A finished lra-train run read back: its record, its config and the model of its best checkpoint.
 
 What distillation (a teacher) and lra-compress (the model to compress) start from. The config is
-the one the run's record carries, so the model is rebuilt exactly as it was trained.
+the one the run's record carries (upgraded to the current schema, lra.records), so the model is
+rebuilt exactly as it was trained.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +14,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lra import checkpoint
-from lra.config import EncoderConfig
 from lra.errors import LRAError
-from lra.records import RECORDS_FILE, read_records
+from lra.records import RECORDS_FILE, read_records, upgraded
 from models.attention import ATTENTION
 from models.encoder import Classifier
 from tasks import TASKS, task_config
 
-# Keys records of schema 1 lack, at the values that reproduce what those runs computed.
-SCHEMA_1_DEFAULTS = {"model": {"encoder": asdict(EncoderConfig())}, "trainer": {"accumulate": 1}}
-
 
 def trained_record(run_dir: Path, key: str) -> dict[str, Any]:
-    """The record of the finished lra-train run in `run_dir`; LRAError naming `key` (the config
-    key that pointed there) when it is not one."""
+    """The record of the finished lra-train run in `run_dir`; LRAError naming
+    `key` (the config key that pointed there) when it is not one."""
     path = Path(run_dir) / RECORDS_FILE
     if not path.is_file():
         raise LRAError(f"{key}: {run_dir} is not an lra-train run directory (no {RECORDS_FILE})")
@@ -40,10 +36,9 @@ def trained_record(run_dir: Path, key: str) -> dict[str, Any]:
 
 
 def trained_config(record: dict[str, Any]) -> DictConfig:
-    """The config of a finished lra-train run, from its record (see `trained_record`)."""
-    cfg = OmegaConf.merge(SCHEMA_1_DEFAULTS, record["config"])
-    if record.get("schema", 1) < 3:  # trainer.batch_size was the micro-batch of an accumulated step
-        cfg.trainer.batch_size *= cfg.trainer.accumulate
+    """The config of a finished lra-train run, from its record (see `trained_record`), as the
+    current schema states it."""
+    cfg = OmegaConf.create(upgraded(record)["config"])
     # The task and the attention typed again by their dataclasses, as the models and loaders expect.
     cfg.task = OmegaConf.merge(OmegaConf.structured(TASKS.get(cfg.task.name)[1]), cfg.task)
     cfg.model.attention = OmegaConf.merge(
