@@ -277,14 +277,18 @@ def schema_fields(schema: type, prefix: str = "") -> Iterator[tuple[str, datacla
             yield f"{prefix}{item.name}", item
 
 
+def hashed(item: dataclasses.Field) -> bool:
+    """Whether a field is part of the config hash (all are, but those marked `UNHASHED`)."""
+    return item.metadata.get("hashed", True)
+
+
 ENTRY_SCHEMAS = (TrainConfig, BenchConfig, CompressConfig)  # what the runs that write records compose
 
 
 @functools.cache
 def unhashed_keys() -> tuple[str, ...]:
     """The keys of every entry point's config that the config hash leaves out (`UNHASHED` metadata)."""
-    keys = {key for schema in ENTRY_SCHEMAS for key, item in schema_fields(schema)
-            if not item.metadata.get("hashed", True)}
+    keys = {key for schema in ENTRY_SCHEMAS for key, item in schema_fields(schema) if not hashed(item)}
     return tuple(sorted(keys))
 
 

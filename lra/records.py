@@ -6,6 +6,7 @@ Reading and writing them needs no torch: the report runs where torch is not inst
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict
@@ -26,7 +27,7 @@ RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # What records of schema 1 lacked, at the values that reproduce what those runs computed: no technique,
 # fp32, not compressed; the default encoder, no accumulation.
-SCHEMA_1_FIELDS = {"techniques": [], "precision": Precision.fp32.value, "compression": None}
+SCHEMA_1_FIELDS = {"techniques": (), "precision": Precision.fp32.value, "compression": None}
 SCHEMA_1_CONFIG = {"model": {"encoder": asdict(EncoderConfig())}, "trainer": {"accumulate": 1}}
 
 
@@ -130,15 +131,27 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def upgraded(record: dict[str, Any]) -> dict[str, Any]:
     """`record` as the current schema states it: what records of schema 1 lacked at the values
     those runs computed with (SCHEMA_1_FIELDS, SCHEMA_1_CONFIG), and before schema 3, a step's
-    whole batch as trainer.batch_size and a train record's batch_size (they held the micro-batch)."""
+    whole batch as trainer.batch_size and a train record's batch_size (they held the micro-batch).
+    A record of the current schema is returned as it is; `record` itself is never changed."""
     schema = record.get("schema", 1)
-    record = {**SCHEMA_1_FIELDS, **record}
-    if not isinstance(record.get("config"), dict):
-        return record
-    config = OmegaConf.to_container(OmegaConf.merge(SCHEMA_1_CONFIG, record["config"]))
+    if schema >= SCHEMA or not isinstance(record.get("config"), dict):
+        return {**SCHEMA_1_FIELDS, **record}
+    config = _filled(record["config"], SCHEMA_1_CONFIG)
+    record = {**SCHEMA_1_FIELDS, **record, "config": config}
     trainer = config["trainer"]
     if schema < 3 and isinstance(trainer.get("batch_size"), int):
         trainer["batch_size"] *= trainer["accumulate"]
         if record.get("kind") == "train":
             record["batch_size"] = trainer["batch_size"]
-    return {**record, "config": config}
+    return record
+
+
+def _filled(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `config` (copied along the paths of `defaults`) with a copy of every key of `defaults` it lacks."""
+    filled = dict(config)
+    for key, default in defaults.items():
+        if isinstance(default, dict) and isinstance(filled.get(key), dict):
+            filled[key] = _filled(filled[key], default)
+        else:
+            filled.setdefault(key, copy.deepcopy(default))
+    return filled

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lra.records import SCHEMA, upgraded
 from lra.report import accuracy_tables, bubble_plot, load_records, summarise, write_report
 from lra.report.uncertainty import t_quantile, wilson
 from tests.report_fixtures import bench, compress, train, write
@@ -138,3 +139,20 @@ def test_interval_arithmetic():
     assert low == 0 and high == pytest.approx(0.0713, abs=1e-4)  # never below 0, unlike the normal interval
     assert t_quantile(1) == 12.706 and t_quantile(30) == 2.042
     assert t_quantile(60) == pytest.approx(2.000, abs=1e-3) and t_quantile(10**6) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_older_records_are_read_as_the_current_schema_without_changing_them():
+    schema_1 = {"schema": 1, "kind": "train", "batch_size": 8,
+                "config": {"model": {"dim": 8}, "trainer": {"batch_size": 8}}}
+    read = upgraded(schema_1)
+    assert read["techniques"] == () and read["precision"] == "fp32" and read["compression"] is None
+    assert read["config"]["model"] == {"dim": 8, "encoder": {"share_layers": False, "embed_dim": None,
+                                                             "reversible": False}}
+    assert read["config"]["trainer"] == {"batch_size": 8, "accumulate": 1} and read["batch_size"] == 8
+    assert schema_1["config"] == {"model": {"dim": 8}, "trainer": {"batch_size": 8}}  # the record read is untouched
+    schema_2 = {"schema": 2, "kind": "train", "batch_size": 8,
+                "config": {"trainer": {"batch_size": 8, "accumulate": 4}}}
+    assert upgraded(schema_2)["batch_size"] == 32 and upgraded(schema_2)["config"]["trainer"]["batch_size"] == 32
+    assert schema_2["config"]["trainer"]["batch_size"] == 8
+    current = {**schema_2, "schema": SCHEMA}
+    assert upgraded(current)["batch_size"] == 8 and upgraded(current)["config"] is current["config"]

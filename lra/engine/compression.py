@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lra import checkpoint
-from lra.config import CompressConfig
+from lra.config import CompressConfig, hashed
 from lra.engine.benchmark import Outcome
 from lra.engine.evaluation import evaluate, predict, scored
 from lra.engine.finished import trained_config, trained_record
@@ -77,8 +77,8 @@ def job_config(settings: DictConfig) -> DictConfig:
     check_settings(settings)
     cfg = trained_config(trained_record(Path(settings.run), "run"))
     cfg.hardware.device, cfg.hardware.precision = "cpu", "fp32"
-    hashed = [item.name for item in dataclasses.fields(CompressConfig) if item.metadata.get("hashed", True)]
-    cfg.compress = OmegaConf.masked_copy(settings, hashed)
+    cfg.compress = OmegaConf.masked_copy(settings, [item.name for item in dataclasses.fields(CompressConfig)
+                                                     if hashed(item)])
     cfg.force = settings.force
     return cfg
 
