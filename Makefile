@@ -8,14 +8,19 @@ TORCH_INDEX   ?=
 BIN           := $(VENV)/bin
 STAMP         := $(VENV)/.installed-$(TORCH_VERSION)
 STUDY         ?= results/runs/default
-# The default study's training budget: every variant gets the same steps, jobs run side by side.
-STUDY_STEPS   ?= 200
+# The default study: every variant at these recall lengths (conf/experiment/study_*.yaml: the budgets).
+RECALL_LENGTHS ?= 64,128,256
+TECHNIQUES    ?= results/runs/techniques
+# The long CPU study: full attention and three efficient variants learning ListOps at LRA's lengths
+# and Pathfinder-32 (conf/experiment/long_*.yaml), about an hour on 2 cores.
+LONG_STUDY    ?= results/runs/long
+LONG_MODELS   ?= full,local,linear,nystrom
 JOBS          ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
 # `make test` runs one pytest process per core (pytest-xdist); TEST_WORKERS=0 runs the tests in one process.
 TEST_WORKERS  ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow clean
+.PHONY: help install run study-techniques study-long test test-slow clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,25 +34,35 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv: pinned torch first, then this project (editable) and its tools
 
-run: install ## the default CPU study: every variant trained on ListOps and Pathfinder, benched at 1K-4K, model-level techniques on ListOps; report in results/
+run: install ## the default CPU study (about 15 minutes on 2 cores): every variant trained on recall at 64-256 tokens and on ListOps, benched at 1K-4K; report in results/
 	rm -rf $(STUDY)
-	$(BIN)/lra-train -m experiment=default_study 'model=glob(*,exclude=full_math)' task=listops,pathfinder \
-		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
-		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/train
-	$(BIN)/lra-train -m experiment=default_study model=full,performer 'technique=glob(*)' task=listops \
-		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
-		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/techniques
-	$(BIN)/lra-train -m experiment=default_study model=local,performer task=listops \
-		distill.teacher=$$(ls -d $(STUDY)/train/full-sdpa_listops_*) \
-		trainer.max_steps=$(STUDY_STEPS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) \
-		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/distill
-	$(BIN)/lra-compress -m run=$$(ls -d $(STUDY)/train/full-sdpa_listops_* $(STUDY)/train/performer-*_listops_* | paste -sd, -) \
-		progress=false hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/compress
+	$(BIN)/lra-train -m experiment=study_recall 'model=glob(*,exclude=full_math)' task.max_len=$(RECALL_LENGTHS) \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/recall
+	$(BIN)/lra-train -m experiment=study_listops 'model=glob(*,exclude=full_math)' \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/listops
 	$(BIN)/lra-bench -m 'model=glob(*)' bench.min_run_time=0.5 bench.progress=false \
 		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench
-	$(BIN)/lra-bench -m model=full,performer technique=reversible bench.min_run_time=0.5 bench.progress=false \
-		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench-techniques
 	$(BIN)/lra-report runs=$(STUDY) out=results reference=lra_paper
+
+study-techniques: install ## model-level techniques, distillation and compression on ListOps (about 8 minutes on 2 cores); report in results/techniques/
+	rm -rf $(TECHNIQUES)
+	$(BIN)/lra-train -m experiment=study_techniques model=full,performer 'technique=glob(*)' \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(TECHNIQUES)/techniques
+	$(BIN)/lra-train -m experiment=study_techniques model=full,performer,local \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(TECHNIQUES)/train
+	$(BIN)/lra-train -m experiment=study_techniques model=local,performer \
+		distill.teacher=$$(ls -d $(TECHNIQUES)/train/full-sdpa_listops_*) \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(TECHNIQUES)/distill
+	$(BIN)/lra-compress -m run=$$(ls -d $(TECHNIQUES)/train/full-sdpa_listops_* $(TECHNIQUES)/train/performer-*_listops_* | paste -sd, -) \
+		progress=false hydra.callbacks.sweep.report=false hydra.sweep.dir=$(TECHNIQUES)/compress
+	$(BIN)/lra-bench -m model=full,performer technique=reversible bench.min_run_time=0.5 bench.progress=false \
+		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(TECHNIQUES)/bench
+	$(BIN)/lra-report runs=$(TECHNIQUES) out=results/techniques reference=lra_paper
+
+study-long: install ## the long CPU study: learning curves on ListOps (500-2000 tokens) and Pathfinder-32; report in results/long/
+	$(BIN)/lra-train -m experiment=long_listops,long_pathfinder model=$(LONG_MODELS) \
+		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(LONG_STUDY)
+	$(BIN)/lra-report runs=$(LONG_STUDY) out=results/long
 
 test: install ## run the fast test suite, one process per core
 	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS)
@@ -56,5 +71,5 @@ test-slow: install ## run the slow tests (the default run end to end, torch.comp
 	$(BIN)/pytest -m slow
 
 clean: ## remove the venv, caches and run outputs (keeps data/ and the committed results)
-	rm -rf $(VENV) .pytest_cache .hypothesis outputs multirun $(STUDY) *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis outputs multirun $(STUDY) $(TECHNIQUES) $(LONG_STUDY) *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,8 +41,9 @@ class Choice(Enum):
 
 
 class Pooling(Choice):
-    cls = "cls"
-    mean = "mean"
+    cls = "cls"      # a learned token prepended to the sequence; its output
+    mean = "mean"    # the mean of the real tokens' outputs
+    first = "first"  # the first token's output, no token prepended (a task that puts its question first)
 
 
 class Positions(Choice):
@@ -133,6 +135,9 @@ class TaskConfig:
     name: str = MISSING
     num_classes: int = MISSING
     max_len: int = MISSING
+    # the max_len values `+sweep=lengths` trains at, comma-separated (e.g. "256,512,1024"); null: the
+    # task has no length knob on this profile. The task's other lengths follow max_len in its YAML.
+    lengths: Optional[str] = field(default=None, metadata=UNHASHED)
 
 
 @dataclass
@@ -298,3 +303,8 @@ def technique_fields() -> tuple[TechniqueField, ...]:
     found = {key: TechniqueField(key, item.default, item.metadata["technique"])
              for key, item in schema_fields(TrainConfig) if "technique" in item.metadata}
     return tuple(found.values())
+
+
+# Integer arithmetic for the YAML files, e.g. a task's sizes that follow its max_len.
+OmegaConf.register_new_resolver("lra.div", lambda a, b: int(a) // int(b), replace=True)
+OmegaConf.register_new_resolver("lra.isqrt", lambda a: math.isqrt(int(a)), replace=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,25 @@ from lra.files import atomic_write
 # 2: techniques, precision and compression (schema 1 records read as none, fp32, none).
 # 3: trainer.batch_size is a step's whole batch, split into trainer.accumulate micro-batches (in 2 it
 #    was the micro-batch); test metrics over the whole test split, with test_examples and test_degenerate.
-SCHEMA = 3
+# 4: train records carry metrics.history (a Validation per validation) and <split>_loss.
+SCHEMA = 4
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # What records of schema 1 lacked, at the values that reproduce what those runs computed: no technique,
 # fp32, not compressed; the default encoder, no accumulation.
 SCHEMA_1_FIELDS = {"techniques": (), "precision": Precision.fp32.value, "compression": None}
 SCHEMA_1_CONFIG = {"model": {"encoder": asdict(EncoderConfig())}, "trainer": {"accumulate": 1}}
+
+
+@dataclass
+class Validation:
+    """One entry of a train record's metrics.history: a periodic validation, a point of the learning curve."""
+
+    step: int               # optimizer steps taken
+    train_seconds: float    # wall-clock seconds of training so far (validations and checkpoints not counted)
+    examples: int           # training examples seen: step x trainer.batch_size
+    val_accuracy: float     # on the validation examples (trainer.eval_batches batches of them, or all)
+    val_loss: float         # mean cross-entropy on the same examples
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The encoder classifier every leaderboard row shares; only the attention differs between rows.
 
 Token embedding, positions, pre-norm blocks (attention from the registry, then a GELU MLP), final
-norm, CLS or mean pooling, and LRA's classifier head (dense, ReLU, dense).
+norm, CLS, first-token or mean pooling, and LRA's classifier head (dense, ReLU, dense).
 
 Model-level techniques (model.encoder), each composable with every attention variant:
 - share_layers (ALBERT): every layer runs the parameters of one block;
@@ -132,7 +132,7 @@ class Encoder(nn.Module):
             for block in self.layers():
                 x = block(x, key_padding_mask)
         x = self.norm(x)
-        if self.cls is not None:
+        if self.pooling is not Pooling.mean:
             return x[:, 0]
         if mask is None:
             return x.mean(1)

@@ -1,7 +1,8 @@
 """Hand-made run records in the DESIGN.md schema, for the report and notebook tests.
 
 Records are of schema 1 (no techniques, precision or compression fields, as older runs wrote them)
-unless one of those fields is given; then of schema 2, with the others at their defaults.
+unless one of those fields is given; then of schema 2, with the others at their defaults. Training
+runs with a validation history (`learned`) are of schema 4, the first to keep one.
 """
 
 from __future__ import annotations
@@ -42,6 +43,27 @@ def train(model: str, task: str, accuracy: float | None, seed: int = 0, status: 
     return record("train", model, task, status, metrics, seed=seed, **fields)
 
 
+def history(accuracies: list[float], every: int = 10, seconds: float = 2.0, batch_size: int = 32) -> list[dict]:
+    """A validation history (lra.records.Validation): accuracy `accuracies[i]` after (i + 1) * `every`
+    steps and (i + 1) * `seconds` seconds of training."""
+    return [{"step": (i + 1) * every, "train_seconds": (i + 1) * seconds, "examples": (i + 1) * every * batch_size,
+             "val_accuracy": accuracy, "val_loss": 1.0 - accuracy} for i, accuracy in enumerate(accuracies)]
+
+
+def learned(model: str, task: str, accuracies: list[float], *, seq_len: int = 128, seed: int = 0,
+            test: float | None = None, every: int = 10, seconds: float = 2.0, config: dict | None = None,
+            **fields) -> dict:
+    """A training run of schema 4 at `seq_len` (its config's task.max_len, merged into `config`), with the
+    validation history of `accuracies` (see `history`), tested at `test` (default: its last validation
+    accuracy) on 1000 examples, at 2 * seq_len tokens/s and seq_len / 64 MB; `fields` as `train` takes them."""
+    run = train(model, task, accuracies[-1] if test is None else test, seed, examples=1000, seq_len=seq_len,
+                **fields)
+    run["metrics"].update(history=history(accuracies, every, seconds), test_loss=0.5, tokens_per_s=2.0 * seq_len,
+                          peak_memory_mb=seq_len / 64)
+    task_config = {**(config or {}).get("task", {}), "max_len": seq_len}
+    return {**run, "schema": 4, "config": {"model": {"dim": 8}, **(config or {}), "task": task_config}}
+
+
 def bench(model: str, seq_len: int, steps: float | None = None, memory: float | None = None, status: str = "ok",
           mode: str = "train", task: str = "text", techniques: list[str] | None = None, precision: str | None = None,
           **metrics) -> dict:
@@ -78,6 +100,19 @@ def write(directory: Path, *records: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return directory
+
+
+def curve_runs(runs: Path) -> Path:
+    """A sweep of lengths with learning curves: fused attention (two seeds at 256 tokens) and linear
+    attention on the text task at 64, 128 and 256 tokens, and a training run of an older schema,
+    without a history."""
+    for length in (64, 128, 256):
+        write(runs / "full-sdpa" / str(length), learned("full-sdpa", "text", [0.5, 0.75, 0.875, 0.9], seq_len=length),
+              *([learned("full-sdpa", "text", [0.5, 0.625, 0.8, 0.85], seq_len=length, seed=1, seconds=3.0)]
+                if length == 256 else []))
+        write(runs / "linear" / str(length), learned("linear", "text", [0.5, 0.5, 0.625, 0.7], seq_len=length))
+    write(runs / "older", train("local", "text", 0.6))
+    return runs
 
 
 def sample_runs(runs: Path) -> Path:

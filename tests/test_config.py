@@ -18,7 +18,8 @@ def test_default_is_full_attention_on_listops_with_the_small_cpu_profile():
     assert (cfg.model.name, cfg.task.name, cfg.hardware.name) == ("full-sdpa", "listops", "cpu")
     assert cfg.hardware.precision.name == "fp32"
     assert cfg.model.dim == 64 and cfg.model.num_layers == 2
-    assert cfg.task.max_len == 128 and cfg.task.dir == "listops-short"  # conf/scale/cpu_listops.yaml
+    assert cfg.task.max_len == 128 and cfg.task.dir == "listops-gen-128"  # conf/scale/cpu_listops.yaml
+    assert (cfg.task.generate.min_len, cfg.task.generate.max_len) == (16, 128)  # they follow max_len
 
 
 @pytest.mark.parametrize("hardware", ["gpu", "h200"])

@@ -24,10 +24,21 @@ def build(*overrides: str) -> Classifier:
     return Classifier(cfg.model, vocab_size=20, num_classes=10, max_len=MAX_LEN).eval()
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "first"])
 @pytest.mark.parametrize("impl", ["sdpa", "math"])
 def test_padding_does_not_change_logits(pooling, impl):
     assert_padding_invariant(build(f"model.pooling={pooling}", f"model.attention.impl={impl}"))
+
+
+def test_first_pooling_reads_the_first_tokens_output_and_prepends_nothing():
+    model = build("model.pooling=first")
+    assert model.encoder.cls is None and model.encoder.positions.shape[0] == MAX_LEN
+    tokens = torch.randint(1, 20, (3, MAX_LEN))
+    hidden = {}
+    model.encoder.norm.register_forward_hook(lambda module, args, out: hidden.setdefault("x", out))
+    with torch.no_grad():
+        pooled = model.encoder(tokens, None)
+    assert torch.equal(pooled, hidden["x"][:, 0])
 
 
 @pytest.mark.parametrize("name", list_attention())

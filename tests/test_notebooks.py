@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
-from tests.report_fixtures import sample_runs
+from tests.report_fixtures import curve_runs, sample_runs
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -27,15 +28,19 @@ def outputs(notebook: nbformat.NotebookNode) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "name, expected",
+    "name, runs, expected",
     [
-        ("leaderboard", {"text/html": ["linformer", "Transformer (LRA paper)", "41.00", "Model-level techniques",
-                                       "full-sdpa + int8"], "image/png": ["image"]}),
-        ("scaling", {"text/html": ["from 1024", "local"], "image/png": ["image image"]}),
+        ("leaderboard", sample_runs, {"text/html": ["linformer", "Transformer (LRA paper)", "41.00",
+                                                    "Model-level techniques", "full-sdpa + int8"],
+                                      "image/png": ["image"]}),
+        ("scaling", sample_runs, {"text/html": ["from 1024", "local"], "image/png": ["image image"]}),
+        ("curves", curve_runs, {"text/html": ["val ≥ 70.0%", "6.5 s, 25 steps (2 of 2 runs)", "[88.0, 91.7]"],
+                                "image/png": ["image image image image"]}),
     ],
 )
-def test_notebook_runs_on_the_records_under_lra_runs(name: str, expected: dict, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("LRA_RUNS", str(sample_runs(tmp_path / "runs")))
+def test_notebook_runs_on_the_records_under_lra_runs(name: str, runs: Callable[[Path], Path], expected: dict,
+                                                      tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LRA_RUNS", str(runs(tmp_path / "runs")))
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = NotebookClient(notebook, kernel_name="python3", timeout=120)
     client.execute(cwd=str(NOTEBOOKS))
@@ -45,7 +50,7 @@ def test_notebook_runs_on_the_records_under_lra_runs(name: str, expected: dict, 
         assert all(needle in found.get(mime, "") for needle in needles), (mime, found.get(mime, "")[:500])
 
 
-@pytest.mark.parametrize("name", ["leaderboard", "scaling"])
+@pytest.mark.parametrize("name", ["leaderboard", "scaling", "curves"])
 def test_notebooks_are_stored_without_outputs(name: str):
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]

@@ -41,9 +41,10 @@ def records_by_dir(sweep: Path) -> dict[str, list[dict]]:
 def test_the_leaderboard_sweep_is_every_trained_variant_on_every_task_with_three_seeds():
     jobs = sweep_jobs_of("train", "+sweep=leaderboard")
     trained = [model for model in MODELS if model != "full_math"]
-    assert len(jobs) == len(trained) * len(TASKS) * 3
+    lra_tasks = [task for task in TASKS if task != "recall"]  # recall is this project's task, not LRA's
+    assert len(jobs) == len(trained) * len(lra_tasks) * 3
     assert {(job["model"], job["task"], job["seed"]) for job in jobs} == {
-        (model, task, str(seed)) for model in trained for task in TASKS for seed in range(3)
+        (model, task, str(seed)) for model in trained for task in lra_tasks for seed in range(3)
     }
 
 
@@ -54,18 +55,37 @@ def test_the_scaling_sweep_benches_every_variant_and_the_seeds_sweep_repeats_one
     assert all(job["model"] == "performer" for job in seeds)
 
 
-def test_every_experiment_runs_a_few_steps_in_one_sweep(tmp_path: Path):
+# Overrides that shrink each task's data to seconds, for the experiments on that task.
+SMALL_DATA = {
+    "listops": ["task.generate.train=200", "task.generate.val=32", "task.generate.test=32", "task.generate.min_len=8",
+                "task.generate.max_len=48", "task.max_len=48"],
+    "recall": ["task.examples.train=200", "task.examples.val=32", "task.examples.test=32", "task.max_len=80"],
+    "pathfinder": ["task.generate.count=100"],
+}
+
+
+def experiment_task(experiment: str) -> str:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"experiment={experiment}"]).task.name
+
+
+@pytest.mark.parametrize("task", sorted(SMALL_DATA))
+def test_every_experiment_runs_a_few_steps_in_one_sweep(task: str, tmp_path: Path):
+    experiments = [experiment for experiment in EXPERIMENTS if experiment_task(experiment) == task]
     sweep = tmp_path / "sweep"
     result = run_main(
-        "runners.train", "-m", "experiment=glob(*)", "task.generate.train=200", "task.generate.val=32",
-        "task.generate.test=32", "task.generate.max_len=48", "task.max_len=48", "trainer.max_steps=3",
+        "runners.train", "-m", f"experiment={','.join(experiments)}", *SMALL_DATA[task], "trainer.max_steps=3",
         f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep.report=false",
     )
     assert result.returncode == 0, result.stderr
     records = [record for found in records_by_dir(sweep).values() for record in found]
-    assert len(records) == len(EXPERIMENTS) >= 2
+    assert len(records) == len(experiments) >= 1
     assert all(record["status"] == "ok" and record["metrics"]["steps"] == 3 for record in records)
-    assert f"sweep of {len(EXPERIMENTS)} jobs, {len(EXPERIMENTS)} records: {len(EXPERIMENTS)} ok" in result.stdout
+    assert f"sweep of {len(experiments)} jobs, {len(experiments)} records: {len(experiments)} ok" in result.stdout
+
+
+def test_every_experiment_is_on_a_task_the_sweep_above_shrinks():
+    assert {experiment_task(experiment) for experiment in EXPERIMENTS} <= set(SMALL_DATA)
 
 
 CHAOS = {  # one job of each fate, each its own model so that the report shows each as a cell
@@ -193,3 +213,47 @@ def test_the_sweep_report_without_records_says_so_in_one_line(tmp_path: Path, ca
     sample_runs(sweep)
     SweepEnd("lra-train", out=str(tmp_path / "elsewhere")).write_report(sweep)
     assert (tmp_path / "elsewhere" / "leaderboard.md").exists() and not (sweep / "leaderboard.md").exists()
+
+
+def length_jobs(task: str) -> list[dict]:
+    """The config of each job of `+sweep=lengths task=<task>`, as composed."""
+    lengths = [job["task.max_len"] for job in sweep_jobs_of("train", "+sweep=lengths", f"task={task}")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return [compose(config_name="train", overrides=[f"task={task}", f"task.max_len={length}"]).task
+                for length in lengths]
+
+
+def test_the_lengths_sweep_moves_every_length_of_a_task_with_its_max_len():
+    listops = length_jobs("listops")
+    assert [job.max_len for job in listops] == [128, 256, 512]
+    assert [(job.generate.min_len, job.generate.max_len, job.dir) for job in listops] == [  # generated per length
+        (16, 128, "listops-gen-128"), (32, 256, "listops-gen-256"), (64, 512, "listops-gen-512")]
+    pathfinder = length_jobs("pathfinder")
+    assert [(job.max_len, job.resolution, job.dir) for job in pathfinder] == [
+        (1024, 32, "pathfinder32"), (4096, 64, "pathfinder64")]
+    assert [(job.max_len, job.gap) for job in length_jobs("recall")] == [(64, 32), (128, 32), (256, 32)]
+    assert [job.max_len for job in length_jobs("text")] == [job.max_len for job in length_jobs("retrieval")] == \
+        [250, 500, 1000]
+
+
+def test_a_task_without_a_length_knob_says_so_in_one_line(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = run_main("runners.train", "-m", "+sweep=lengths", "task=image", f"hydra.sweep.dir={sweep}")
+    assert result.returncode != 0 and "task.lengths" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not list(sweep.rglob("records.jsonl"))
+
+
+def test_the_lengths_sweep_trains_each_variant_at_each_length_and_the_report_tables_them(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = run_main(
+        "runners.train", "-m", "+sweep=lengths", "task=recall", "model=full,local,linear", "task.lengths='80,96'",
+        "task.gap=8", "task.examples.train=64", "task.examples.val=32", "task.examples.test=32",
+        "trainer.max_steps=4", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr
+    records = [record for found in records_by_dir(sweep).values() for record in found]
+    assert sorted((record["model"], record["seq_len"]) for record in records) == sorted(
+        (model, length) for model in ("full-sdpa", "local", "linear") for length in (80, 96))
+    assert all(len(record["metrics"]["history"]) == 2 for record in records)
+    report = (sweep / "leaderboard.md").read_text()
+    assert "Accuracy against length" in report

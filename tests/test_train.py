@@ -42,11 +42,19 @@ def test_a_run_writes_its_record_and_tensorboard_logs(tiny_cfg, tmp_path: Path):
     assert metrics["steps_per_s"] > 0 and metrics["tokens_per_s"] > metrics["steps_per_s"]
     assert metrics["peak_memory_mb"] > 0 and metrics["memory_measure"] == "live_tensor_bytes"
     assert record["config"]["model"]["dim"] == 32 and record["env"]["torch"] == torch.__version__
+    # the learning curve: one entry per validation (smoke: every 10 steps), time only ever growing
+    history = metrics["history"]
+    assert [entry["step"] for entry in history] == [10, 20]
+    assert [entry["examples"] for entry in history] == [10 * cfg.trainer.batch_size, 20 * cfg.trainer.batch_size]
+    assert 0 < history[0]["train_seconds"] < history[1]["train_seconds"]
+    assert max(entry["val_accuracy"] for entry in history) == metrics["val_accuracy"]  # the best is kept
+    assert all(entry["val_loss"] > 0 for entry in history) and metrics["test_loss"] > 0
 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert SCALARS <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]
+    assert [e.value for e in events.Scalars("val/loss")] == pytest.approx([entry["val_loss"] for entry in history])
     assert events.Scalars("test/accuracy")[0].value == pytest.approx(metrics["test_accuracy"])
     session = plugin_data_pb2.HParamsPluginData.FromString(
         events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
@@ -65,9 +73,10 @@ def test_test_accuracy_covers_the_whole_test_split_whatever_eval_batches(tiny_cf
     task = task_config(cfg.task)
     model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len)
     model.load_state_dict(checkpoint.load(tmp_path / "run" / BEST, fallback=False)["model"])
-    predicted, labels = predict(model, data.test, cfg, torch.device("cpu"))
+    predicted, labels, loss = predict(model, data.test, cfg, torch.device("cpu"))
     assert len(labels) == 64 and labels.tolist() == data.test.labels.tolist()
     assert metrics["test_accuracy"] == pytest.approx(float((predicted == labels).float().mean()))
+    assert metrics["test_loss"] == pytest.approx(loss / 64) and loss > 0
     # the majority rate and the share of the commonest prediction are of the same 64 examples
     assert metrics["test_majority_rate"] == pytest.approx(labels.bincount().max().item() / 64)
     assert metrics["test_top_class_share"] == pytest.approx(predicted.bincount().max().item() / 64)
@@ -137,6 +146,10 @@ def test_resume_restores_model_optimizer_scheduler_step_and_data_order(tiny_cfg,
     assert len(second_run) == 10 and first_run + second_run == list(uninterrupted)
     for key in ("test_accuracy", "val_accuracy", "train_loss"):
         assert resumed["metrics"][key] == straight["metrics"][key]
+    # the learning curve survives the interruption: the validation before it comes from the checkpoint
+    curve = ("step", "examples", "val_accuracy", "val_loss")
+    assert [[entry[key] for key in curve] for entry in resumed["metrics"]["history"]] == \
+        [[entry[key] for key in curve] for entry in straight["metrics"]["history"]]
     a = checkpoint.load(tmp_path / "straight" / "checkpoints" / checkpoint.LAST)
     b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / checkpoint.LAST)
     for name, tensor in a["model"].items():
@@ -173,7 +186,7 @@ GOOD_ROW = "( ( ( [MAX 2 ) 9 ) ] )\t9"
     ],
 )
 def test_malformed_data_fails_with_file_and_line(train_rows, expected, tmp_path: Path):
-    data = tmp_path / "data" / "listops-short"
+    data = tmp_path / "data" / "listops-gen-128"
     for split, rows in [("train", train_rows), ("val", [GOOD_ROW]), ("test", [GOOD_ROW])]:
         write_tsv(data / f"basic_{split}.tsv", rows)
     result = run_main("runners.train", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}")
@@ -191,7 +204,7 @@ def test_missing_data_with_generation_disabled_fails_with_one_line(tmp_path: Pat
     )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("lra-train: error: ") and "listops-short" in line and "data.generate=false" in line
+    assert line.startswith("lra-train: error: ") and "listops-gen-128" in line and "data.generate=false" in line
     assert not (tmp_path / "run" / "records.jsonl").exists()
 
 

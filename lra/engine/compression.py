@@ -148,7 +148,7 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
              cfg: DictConfig) -> dict[str, Any]:
     """Accuracy, agreement with the float model's predictions (`reference`; None: this is it),
     speed, memory and size of `model`, and the sparsity of its `layers`."""
-    predicted, labels = predict(model, data.test, cfg, CPU)
+    predicted, labels, loss = predict(model, data.test, cfg, CPU)
     batch = cfg.compress.batch_size
     tokens, mask, _ = inputs(cfg, cfg.task.max_len, batch, CPU)
     with torch.no_grad():
@@ -157,7 +157,7 @@ def measured(model: nn.Module, reference: torch.Tensor | None, layers: list[str]
             model(tokens, mask)
         seconds = median_seconds(lambda: model(tokens, mask), min_run_time=cfg.compress.min_run_time)
     metrics = {
-        **scored("test", predicted, labels, cfg, CPU),
+        **scored("test", predicted, labels, loss, cfg, CPU),
         **evaluate(model, data.val, cfg, CPU, "val"),
         "prediction_agreement": 1.0 if reference is None else float((predicted == reference).float().mean()),
         "infer_steps_per_s": 1 / seconds,

@@ -1,11 +1,12 @@
-"""Predictions of a model over a split, and the metrics a record reports of them (lra.predictions),
-summed over the processes of a distributed run."""
+"""Predictions of a model over a split, and the metrics a record reports of them (lra.predictions,
+and the mean cross-entropy), summed over the processes of a distributed run."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
@@ -20,21 +21,23 @@ from tasks.batching import SequenceDataset, pad_batch
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, device: torch.device,
-            limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Predicted and true labels of this process's share of `dataset` (of its first `limit`
-    examples, when given), the examples dealt out over the processes, in micro-batches (what a
-    training step's forward pass holds)."""
+    examples, when given), and the sum of their cross-entropies; the examples dealt out over the
+    processes, in micro-batches (what a training step's forward pass holds)."""
     model.eval()
     size = len(dataset) if limit is None else min(len(dataset), limit)
     shard = Subset(dataset, range(distributed.rank(), size, distributed.world_size()))
     loader = DataLoader(shard, batch_size=micro_batch(cfg), collate_fn=pad_batch)
     predicted, true = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]  # a share may be empty
+    loss = 0.0
     for tokens, mask, labels in loader:
         with autocast(device, Precision(cfg.hardware.precision)):
             logits = model(tokens.to(device), mask.to(device))
+        loss += float(F.cross_entropy(logits.float(), labels.to(device), reduction="sum"))
         predicted.append(logits.argmax(-1).cpu())
         true.append(labels)
-    return torch.cat(predicted), torch.cat(true)
+    return torch.cat(predicted), torch.cat(true), loss
 
 
 def validation_limit(cfg: DictConfig) -> int | None:
@@ -50,12 +53,13 @@ def evaluate(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, 
     return scored(split, *predict(model, dataset, cfg, device, limit), cfg, device)
 
 
-def scored(split: str, predicted: torch.Tensor, labels: torch.Tensor, cfg: DictConfig,
+def scored(split: str, predicted: torch.Tensor, labels: torch.Tensor, loss: float, cfg: DictConfig,
            device: torch.device) -> dict[str, Any]:
     """The `lra.predictions` metrics of this process's `predicted` and true `labels` and every
-    other process's."""
+    other process's, and `<split>_loss`: the mean of the cross-entropies summed in `loss`."""
     classes = task_config(cfg.task).num_classes
-    counts = distributed.all_sum([int((predicted == labels).sum()), *class_counts(predicted, classes),
-                                  *class_counts(labels, classes)], device)
+    loss, *counts = distributed.all_sum([loss, int((predicted == labels).sum()), *class_counts(predicted, classes),
+                                         *class_counts(labels, classes)], device)
     counts = [int(count) for count in counts]
-    return split_metrics(split, counts[0], counts[1:classes + 1], counts[classes + 1:])
+    metrics = split_metrics(split, counts[0], counts[1:classes + 1], counts[classes + 1:])
+    return {**metrics, f"{split}_loss": loss / metrics[f"{split}_examples"]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from lra.engine.evaluation import evaluate, validation_limit
 from lra.engine.resume import LAST, RunState, save_best, save_last
 from lra.engine.step import Trainee, train_step
 from lra.measure import memory_cap, peak_memory
-from lra.records import resolved
+from lra.records import Validation, resolved
 from tasks.batching import StepBatches, TaskData, pad_batch
 
 log = logging.getLogger("lra.train")
@@ -86,11 +87,17 @@ def fit(
 
 def validate(trainee: Trainee, data: TaskData, cfg: DictConfig, device: torch.device, run_dir: Path,
              state: RunState, writer: SummaryWriter | None) -> None:
-    """A periodic validation: its accuracy logged, and the model saved as the best when it is."""
-    val = evaluate(trainee.forward, data.val, cfg, device, "val", validation_limit(cfg))["val_accuracy"]
-    log.info("step %d: val accuracy %.4f", state.step, val)
+    """A periodic validation: its accuracy and loss logged and kept in the run's history (the
+    learning curve), and the model saved as the best when it is."""
+    scores = evaluate(trainee.forward, data.val, cfg, device, "val", validation_limit(cfg))
+    val = scores["val_accuracy"]
+    state.history.append(asdict(Validation(
+        step=state.step, train_seconds=round(state.train_seconds, 3), examples=state.step * cfg.trainer.batch_size,
+        val_accuracy=val, val_loss=scores["val_loss"])))
+    log.info("step %d: val accuracy %.4f, loss %.4f", state.step, val, scores["val_loss"])
     if writer is not None:
         writer.add_scalar("val/accuracy", val, state.step)
+        writer.add_scalar("val/loss", scores["val_loss"], state.step)
     if val > state.best_val:
         state.best_val = val
         if distributed.is_main():

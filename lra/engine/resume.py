@@ -36,6 +36,8 @@ class RunState:
     memory_measure: str | None = None
     # the last trainer.log_every losses ("loss") and the terms of the objective, if it names any
     recent_losses: dict[str, list[float]] = field(default_factory=dict)
+    # every validation so far (as lra.records.Validation): the run's learning curve
+    history: list[dict[str, float]] = field(default_factory=list)
 
     def train_loss(self, term: str = "loss") -> float | None:
         return float(np.mean(self.recent_losses[term])) if self.recent_losses.get(term) else None

@@ -65,7 +65,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         diverged = fit(trained, data, cfg, device, run_dir, state, writer)
         metrics: dict[str, Any] = {
             "steps": state.step, "processes": distributed.world_size(), "micro_batch_size": micro_batch_size,
-            "accumulate": cfg.trainer.accumulate, **teacher,
+            "accumulate": cfg.trainer.accumulate, **teacher, "history": state.history,
             **{"train_loss" if term == "loss" else f"train_loss_{term}": state.train_loss(term)
                for term in state.recent_losses or ["loss"]},
         }

@@ -56,11 +56,11 @@ def accuracy_cells(records: pd.DataFrame, reference: pd.DataFrame | None = None)
     return pd.concat([cells, averages(cells)], ignore_index=True).reindex(columns=COLUMNS)
 
 
-def with_ties(ours: pd.DataFrame) -> pd.DataFrame:
-    """`ours` with `ties_best`: per hardware and task, whether a row is within noise of the best
-    row there (the best row itself included); NA for rows without a number or an interval."""
+def with_ties(ours: pd.DataFrame, by: tuple[str, ...] = ("hardware", "task")) -> pd.DataFrame:
+    """`ours` with `ties_best`: per group of `by`, whether a row is within noise of the best row
+    there (the best row itself included); NA for rows without a number or an interval."""
     ties = pd.Series(pd.NA, index=ours.index, dtype=object)
-    for _, cells in ours.groupby(["hardware", "task"], sort=False):
+    for _, cells in ours.groupby(list(by), sort=False):
         rated = cells[cells["ci_low"].notna()]
         if rated.empty:
             continue
@@ -176,23 +176,27 @@ def accuracy_notes(table: pd.DataFrame) -> list[str]:
 def tie_notes(table: pd.DataFrame) -> list[str]:
     """Per task, the rows whose difference from the best row is within noise (their difference is
     at most the root sum of squares of the two intervals' half-widths)."""
-    notes = []
-    for task in ordered_tasks(set(table["task"]) - {AVG}):
-        rated = table[(table["task"] == task) & (table["source"] == OURS) & table["ties_best"].notna()]
-        if len(rated) < 2:
-            continue
-        best = rated.loc[rated["value"].idxmax()]
-        others = rated.drop(index=best.name)
-        tied, apart = others[others["ties_best"].map(flagged)], others[~others["ties_best"].map(flagged)]
-        lead = f"{task}: the best row, {best['model']} ({best['value']:.2f}),"
-        if tied.empty:
-            notes.append(f"{lead} is ahead of every other row by more than the noise.")
-        elif apart.empty:
-            notes.append(f"{lead} is within noise of every other row: this task does not rank them.")
-        elif len(tied) <= len(apart):
-            notes.append(f"{lead} is within noise of {', '.join(tied['model'])}; the other rows are below it "
-                         "by more than the noise.")
-        else:
-            notes.append(f"{lead} is within noise of every other row but {', '.join(apart['model'])}, which are "
-                         "below it by more than the noise.")
-    return notes
+    notes = [tie_note(table[(table["task"] == task) & (table["source"] == OURS)], task)
+             for task in ordered_tasks(set(table["task"]) - {AVG})]
+    return [note for note in notes if note]
+
+
+def tie_note(cells: pd.DataFrame, where: str) -> str | None:
+    """Which of `cells` (with `ties_best`) are within noise of the best of them, which below it by
+    more than the noise, headed by `where` they were measured; None for fewer than two rated cells."""
+    rated = cells[cells["ties_best"].notna()]
+    if len(rated) < 2:
+        return None
+    best = rated.loc[rated["value"].idxmax()]
+    others = rated.drop(index=best.name)
+    tied, apart = others[others["ties_best"].map(flagged)], others[~others["ties_best"].map(flagged)]
+    lead = f"{where}: the best row, {best['model']} ({best['value']:.2f}),"
+    if tied.empty:
+        return f"{lead} is ahead of every other row by more than the noise."
+    if apart.empty:
+        return f"{lead} is within noise of every other row: this task does not rank them."
+    if len(tied) <= len(apart):
+        return (f"{lead} is within noise of {', '.join(tied['model'])}; the other rows are below it by more than "
+                "the noise.")
+    return (f"{lead} is within noise of every other row but {', '.join(apart['model'])}, which are below it by more "
+            "than the noise.")

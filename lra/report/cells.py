@@ -7,7 +7,7 @@ the mean of each figure over the records that succeeded, how many did (`n`) and 
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import pandas as pd
 
@@ -40,7 +40,12 @@ class Group(NamedTuple):
 
     def select(self, cells: pd.DataFrame) -> pd.DataFrame:
         """The rows of `cells` measured under these conditions."""
-        return cells[(cells[GROUP] == pd.Series(self._asdict())).all(axis=1)]
+        return selected(cells, self._asdict())
+
+
+def selected(frame: pd.DataFrame, conditions: dict[str, Any]) -> pd.DataFrame:
+    """The rows of `frame` that hold the value `conditions` names in each of its columns."""
+    return frame[(frame[list(conditions)] == pd.Series(conditions)).all(axis=1)]
 
 
 def groups(cells: pd.DataFrame) -> list[Group]:

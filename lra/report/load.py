@@ -6,6 +6,8 @@ the keys that name a run rather than what it computes: `IDENTITY` and the keys l
 config hash). Where records of one row label differ otherwise (a 20-step and a 2000-step run of
 the same model, two lengths, two data sets...), each setup becomes a row of its own, labelled by
 the keys that differ: `full-sdpa [trainer.max_steps=20]`, `full-sdpa [trainer.max_steps=2000]`.
+Tables whose columns or heading give the length name rows by `length_model`, the same label less
+the keys that state the length (`task.max_len`): the runs of one setup at several lengths share it.
 """
 
 from __future__ import annotations
@@ -69,17 +71,26 @@ def experiment(config: dict[str, Any] | None) -> dict[str, str]:
 
 def with_setup_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`rows` with `setup` replaced by the text that tells its experiment apart from the others of
-    the same kind, hardware, task and row label ("" where they all share one)."""
+    the same kind, hardware, task and row label ("" where they all share one), and `length_setup`
+    by the same text over the setups less the keys that state the length (`length_keys`)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         key = (row["kind"], row["hardware"], row["task"], label(row["model"], row["techniques"], row["precision"],
                                                                 row["compression"]))
         groups.setdefault(key, []).append(row)
     for group in groups.values():
-        texts = setup_texts([row["setup"] for row in group])
-        for row in group:
-            row["setup"] = texts[canonical(row["setup"])]
+        lengths = length_keys(group)
+        lengthless = [{key: value for key, value in row["setup"].items() if key not in lengths} for row in group]
+        texts, length_texts = setup_texts([row["setup"] for row in group]), setup_texts(lengthless)
+        for row, setup in zip(group, lengthless):
+            row["setup"], row["length_setup"] = texts[canonical(row["setup"])], length_texts[canonical(setup)]
     return rows
+
+
+def length_keys(group: list[dict[str, Any]]) -> set[str]:
+    """The config keys that state the length in every row of `group`: their value is the row's seq_len."""
+    return {key for key in group[0]["setup"]
+            if all(row["setup"].get(key) == json.dumps(row["seq_len"]) for row in group)}
 
 
 def canonical(setup: dict[str, str]) -> str:
@@ -115,9 +126,12 @@ def short(value: str | None) -> str:
 def labelled(record: dict) -> dict:
     """`record` with its row label as `model` (e.g. `full-sdpa + reversible + int8`, and its setup
     where records of that label differ: `full-sdpa [trainer.max_steps=20]`), its attention as
-    `variant`, and as `base_model` the label without the compression: the model it was made from."""
+    `variant`, as `base_model` the label without the compression: the model it was made from, and as
+    `length_model` the label whose setup leaves out the length (see `with_setup_labels`)."""
     techniques = list(record["techniques"])
-    setup = record["setup"]
+    setup, length_setup = record["setup"], record.pop("length_setup")
     return {**record, "variant": record["model"], "techniques": techniques,
             "model": label(record["model"], techniques, record["precision"], record["compression"], setup),
-            "base_model": label(record["model"], techniques, record["precision"], setup=setup)}
+            "base_model": label(record["model"], techniques, record["precision"], setup=setup),
+            "length_model": label(record["model"], techniques, record["precision"], record["compression"],
+                                  length_setup)}

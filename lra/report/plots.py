@@ -1,4 +1,5 @@
-"""Plots of the report: throughput and memory against length, and LRA's Figure 3 bubble chart.
+"""Plots of the report: throughput and memory against length, and LRA's Figure 3 bubble chart; the
+look of lines and of length axes, which the plots of learning curves and accuracy against length share.
 
 Figures are built without pyplot (no global state, nothing to close) and saved as PNG through
 the Agg renderer; each function returns its Figure, so notebooks show it and tests inspect it.
@@ -6,10 +7,13 @@ the Agg renderer; each function returns its Figure, so notebooks show it and tes
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lra.files import atomic_write
@@ -23,6 +27,7 @@ SCALING = {"tokens_per_s": ("throughput", "throughput (tokens/s)"),
            "peak_memory_mb": ("memory", "peak memory (MB, {measures})")}
 BUBBLE_TASK, BUBBLE_LENGTH = "text", 4096  # LRA's Figure 3: training speed on the text task at 4K tokens
 MAX_BUBBLE = 3000.0  # area (points²) of the bubble of the largest memory
+LEGEND_COLUMNS, LEGEND_ROW = 2, 0.22  # a legend under a figure: its columns, and the inches a row of it takes
 CHANCE_MARK = " *"  # after the name of a model at chance on some task (not significantly above its majority rate)
 
 
@@ -35,19 +40,42 @@ def scaling_plot(efficiency: pd.DataFrame, group: Group, figure: str) -> Figure 
         return None
     fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    colors, markers = colormaps["tab20"].colors, "osD^v<>"  # a distinct look for each of many models
     for index, (model, line) in enumerate(cells.sort_values("seq_len").groupby("model", sort=False)):
-        ax.plot(line["seq_len"], line[figure], label=model, color=colors[2 * index % 20 + index // 10 % 2],
-                marker=markers[index % len(markers)])
-    name, label = SCALING[figure]
-    measures = ", ".join(MEASURES.get(m, m) for m in cells["memory_measure"].dropna().unique())
-    lengths = sorted(cells["seq_len"].unique())
-    ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel=label.format(measures=measures),
-           title=f"{name.capitalize()} against length: {group.title}")
-    ax.set_xticks(lengths, [str(length) for length in lengths])
-    ax.set_xticks([], minor=True)
+        ax.plot(line["seq_len"], line[figure], label=model, **look(index))
+    name = SCALING[figure][0]
+    ax.set(yscale="log", ylabel=axis_label(cells, figure), title=f"{name.capitalize()} against length: {group.title}")
+    length_axis(ax, cells["seq_len"])
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def look(index: int) -> dict[str, Any]:
+    """The colour and marker of the `index`-th line of a plot: a distinct look for each of many models."""
+    colors, markers = colormaps["tab20"].colors, "osD^v<>"
+    return {"color": colors[2 * index % 20 + index // 10 % 2], "marker": markers[index % len(markers)]}
+
+
+def axis_label(cells: pd.DataFrame, figure: str) -> str:
+    """The y-axis label of `figure` (tokens_per_s, peak_memory_mb), naming what the memory of `cells` counts."""
+    measures = ", ".join(MEASURES.get(m, m) for m in cells["memory_measure"].dropna().unique())
+    return SCALING[figure][1].format(measures=measures)
+
+
+def length_axis(ax: Axes, lengths: pd.Series) -> None:
+    """A log2 x axis of sequence lengths, ticked at `lengths` alone."""
+    ticks = sorted(lengths.unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_xticks(ticks, [str(length) for length in ticks])
+    ax.set_xticks([], minor=True)
+
+
+def legend_below(fig: Figure, ax: Axes) -> None:
+    """The legend of the lines of `ax` under the panels of `fig`, which grows taller to hold it."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=LEGEND_COLUMNS, fontsize="small")
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + LEGEND_ROW * math.ceil(len(labels) / LEGEND_COLUMNS))
 
 
 def plot_stem(group: Group, all_groups: list[Group]) -> str:

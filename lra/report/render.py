@@ -16,7 +16,9 @@ from lra.files import atomic_write
 from lra.report.accuracy import accuracy_tables
 from lra.report.cells import groups
 from lra.report.crossover import crossover_table
+from lra.report.curves import curves_plot, settings, time_to_accuracy_table
 from lra.report.efficiency import efficiency_tables
+from lra.report.lengths import length_plot, length_table
 from lra.report.plots import SCALING, bubble_plot, plot_stem, save_figure, scaling_plot
 from lra.report.summary import Summary, summarise
 from lra.report.techniques import techniques_tables
@@ -41,7 +43,7 @@ def write_report(records: pd.DataFrame, out: Path, reference: str | None = None)
     summary = summarise(records, reference)
     blocks = [("heading", (1, TITLE)), ("text", introduction(records)),
               *accuracy_section(summary), *efficiency_section(summary), *bubble_section(summary),
-              *techniques_section(summary)]
+              *techniques_section(summary), *curves_section(summary), *lengths_section(summary)]
     out = Path(out)
     written = {content[0]: save_figure(content[2], out / content[0]) for kind, content in blocks if kind == "image"}
     for name, text in [("leaderboard.md", markdown(blocks)), ("leaderboard.html", page(blocks))]:
@@ -98,6 +100,34 @@ def techniques_section(summary: Summary) -> list[Block]:
     accuracy against sparsity where models were pruned."""
     tables = techniques_tables(summary.techniques, summary.sparsity)
     return [("heading", (2, "Model-level techniques")), *(("table", (table, 3)) for table in tables)] if tables else []
+
+
+def curves_section(summary: Summary) -> list[Block]:
+    """Per hardware, task and length with validation histories: the learning curves, then the
+    training time each row took to a few levels of validation accuracy."""
+    blocks: list[Block] = []
+    for setting in settings(summary.curves):
+        table = time_to_accuracy_table(summary.time_to_accuracy, setting)
+        blocks += [("heading", (3, setting.title)),
+                   ("image", (f"plots/{setting.stem}.png", f"learning curves: {setting.title}",
+                              curves_plot(summary.curves, setting))),
+                   *([("table", (table, 4))] if table else [])]
+    text = ("Validation accuracy at each validation of every training run that kept its history, against optimizer "
+            "steps and against seconds of training on the hardware named (validations not counted): one line per "
+            "run, the runs (seeds) of a row in its colour, chance (the majority-class rate) dashed. Each table "
+            "gives the training time each row took until its validation accuracy first reached a few levels.")
+    return [("heading", (2, "Learning curves")), ("text", text), *blocks] if blocks else []
+
+
+def lengths_section(summary: Summary) -> list[Block]:
+    """Per hardware and task trained at two lengths or more: test accuracy by length, and the plot of
+    accuracy, throughput and memory against length."""
+    blocks: list[Block] = []
+    for (hardware, task), cells in summary.lengths.groupby(["hardware", "task"], sort=False):
+        blocks += [("table", (length_table(cells), 3)),
+                   ("image", (f"plots/lengths_{hardware}_{task}.png", f"accuracy against length: {task}, {hardware}",
+                              length_plot(cells)))]
+    return [("heading", (2, "Accuracy against length")), *blocks] if blocks else []
 
 
 def markdown(blocks: list[Block]) -> str:
