@@ -55,11 +55,11 @@ def learned(model: str, task: str, accuracies: list[float], *, seq_len: int = 12
             **fields) -> dict:
     """A training run of schema 4 at `seq_len` (its config's task.max_len, merged into `config`), with the
     validation history of `accuracies` (see `history`), tested at `test` (default: its last validation
-    accuracy) on 1000 examples, at 2 * seq_len tokens/s and seq_len / 64 MB; `fields` as `train` takes them."""
+    accuracy) on 1000 examples (and validated on 1000), at 2 * seq_len tokens/s and seq_len / 64 MB; `fields` as `train` takes them."""
     run = train(model, task, accuracies[-1] if test is None else test, seed, examples=1000, seq_len=seq_len,
                 **fields)
-    run["metrics"].update(history=history(accuracies, every, seconds), test_loss=0.5, tokens_per_s=2.0 * seq_len,
-                          peak_memory_mb=seq_len / 64)
+    run["metrics"].update(history=history(accuracies, every, seconds), val_examples=1000, test_loss=0.5,
+                          tokens_per_s=2.0 * seq_len, peak_memory_mb=seq_len / 64)
     task_config = {**(config or {}).get("task", {}), "max_len": seq_len}
     return {**run, "schema": 4, "config": {"model": {"dim": 8}, **(config or {}), "task": task_config}}
 

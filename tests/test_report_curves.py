@@ -73,6 +73,16 @@ def test_no_level_where_no_run_beats_chance(tmp_path: Path):
     assert time_to_accuracy_table(summary.time_to_accuracy, TEXT) is None
 
 
+@pytest.mark.parametrize("val_examples,levels", [(256, 0), (4000, 3)])
+def test_no_level_where_the_best_validation_is_within_noise_of_chance(val_examples: int, levels: int, tmp_path: Path):
+    """55% on 256 validation examples (Wilson interval [48.9, 61.0]) is noise against a 50% chance level;
+    on 4000 it is not."""
+    run = learned("full-sdpa", "text", [0.5, 0.55])
+    run["metrics"]["val_examples"] = val_examples
+    summary = summarise(load(tmp_path, run))
+    assert len(summary.time_to_accuracy) == levels
+
+
 def test_curves_plot_draws_each_run_against_steps_and_seconds_with_chance(tmp_path: Path):
     summary = summarise(load(tmp_path, *curve_records(), learned("full-sdpa", "listops", [0.2, 0.4], seq_len=64)))
     assert settings(summary.curves) == [Setting("cpu", "listops", 64), TEXT]  # LRA's task order

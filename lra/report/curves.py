@@ -7,7 +7,8 @@ training seconds and steps each row took until its validation accuracy first rea
 Records without a history (older schemas) give no point, hence no curve and no time.
 
 The levels are fractions (FRACTIONS) of the way from chance, the majority-class rate of the test
-split, to the best validation accuracy any run reached in the setting: all above chance, the
+split, to the best validation accuracy any run reached in the setting (where that is significantly
+above chance): all above chance, the
 highest reached by the best run, whatever the task's difficulty, where fixed levels would all be
 out of reach on a hard task at a small budget (ListOps on the CPU) and all passed at once on an
 easy one. Rows are named by `length_model` (lra.report.load): the setting names the length.
@@ -25,12 +26,14 @@ from lra.records import Validation
 from lra.report.cells import OURS, ordered_tasks, selected, sort_models
 from lra.report.plots import legend_below, look
 from lra.report.table import Table, number
+from lra.report.uncertainty import wilson
 
 FRACTIONS = (0.5, 0.75, 0.9)  # the levels: these fractions of the way from chance to the best run
 SETTING = ["hardware", "task", "seq_len"]  # what one figure and one table hold fixed
 POINT = [item.name for item in dataclasses.fields(Validation)]
-# A point: a validation of run `run` (the record's index), accuracy and majority-class rate in percent.
-POINTS = [*SETTING, "model", "seed", "run", "majority", *POINT]
+# A point: a validation of run `run` (the record's index) on `val_examples` examples, accuracy and
+# majority-class rate in percent.
+POINTS = [*SETTING, "model", "seed", "run", "majority", "val_examples", *POINT]
 CELLS = [*SETTING, "model", "fraction", "threshold", "chance", "best", "runs", "n", "train_seconds", "step", "status"]
 NOT_REACHED = "not reached"  # the status (and the text) of a row no run of which reached a level
 CHANCE_STYLE = {"linestyle": "--", "color": "grey", "label": "chance (majority class)"}
@@ -72,9 +75,11 @@ def curve_points(records: pd.DataFrame) -> pd.DataFrame:
     runs = runs[history.map(lambda validations: isinstance(validations, list) and bool(validations))]
     if runs.empty:
         return pd.DataFrame(columns=POINTS)
-    majority = runs.get("metrics.test_majority_rate", pd.Series(float("nan"), index=runs.index))
+    unknown = pd.Series(float("nan"), index=runs.index)
+    majority = runs.get("metrics.test_majority_rate", unknown)
     points = (runs[[*SETTING, "length_model", "seed"]].rename(columns={"length_model": "model"})
-              .assign(run=runs.index, majority=100 * majority, validation=history.loc[runs.index])
+              .assign(run=runs.index, majority=100 * majority, val_examples=runs.get("metrics.val_examples", unknown),
+                      validation=history.loc[runs.index])
               .explode("validation", ignore_index=True))
     fields = pd.DataFrame(points.pop("validation").tolist()).reindex(columns=POINT)
     points = pd.concat([points, fields], axis=1).assign(val_accuracy=100 * fields["val_accuracy"])
@@ -85,12 +90,15 @@ def time_to_accuracy_cells(points: pd.DataFrame, fractions: Sequence[float] = FR
     """Per setting, row and level (`fractions` of the way from chance to the best validation accuracy
     there): the threshold (%), the row's runs, how many reached it (`n`), and the mean over those of the
     training seconds and steps at their first validation at or above it (status `not reached` where
-    none did). A setting without a chance level, or whose best run is not above it, has no level."""
+    none did). A setting without a chance level, or whose best validation is not significantly above
+    it (its Wilson interval over the examples it scored reaches chance), has no level: its levels
+    would be noise."""
     rows = []
     for setting in settings(points):
         group = setting.select(points)
-        chance, best = chance_level(group), group["val_accuracy"].max()
-        if not best > chance:  # also where the records give no majority rate (NaN)
+        chance, top = chance_level(group), group.loc[group["val_accuracy"].idxmax()]
+        best = top["val_accuracy"]
+        if not 100 * wilson(best / 100, top["val_examples"])[0] > chance:  # also False where either is NaN
             continue
         for fraction in fractions:
             threshold = chance + fraction * (best - chance)
