@@ -40,7 +40,7 @@ run: install ## the default CPU study (about 15 minutes on 2 cores): every varia
 		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/recall
 	$(BIN)/lra-train -m experiment=study_listops 'model=glob(*,exclude=full_math)' \
 		hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/listops
-	$(BIN)/lra-bench -m 'model=glob(*)' bench.min_run_time=0.5 bench.progress=false \
+	$(BIN)/lra-bench -m 'model=glob(*)' bench.min_run_time=0.3 bench.progress=false \
 		hydra.callbacks.sweep.report=false hydra.sweep.dir=$(STUDY)/bench
 	$(BIN)/lra-report runs=$(STUDY) out=results reference=lra_paper
 
