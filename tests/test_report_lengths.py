@@ -113,3 +113,12 @@ def test_no_length_table_for_one_length_or_older_records(tmp_path: Path):
     paths = write_report(load(tmp_path, train("full-sdpa", "text", 0.7)), tmp_path / "out")
     assert "Accuracy against length" not in paths["leaderboard.md"].read_text()
     assert not [path for path in paths if "lengths" in path]
+
+
+def test_keys_that_follow_the_length_do_not_split_a_row(tmp_path: Path):
+    """ListOps generated per length: its directory and length bounds change with max_len, yet one row."""
+    records = [learned(model, "listops", [0.2, accuracy], seq_len=length,
+                       config={"task": {"dir": f"listops-gen-{length}", "generate": {"min_len": length // 8}}})
+               for model, accuracy in (("full-sdpa", 0.4), ("local", 0.3)) for length in (128, 256)]
+    table = length_table(summarise(load(tmp_path, *records)).lengths)
+    assert table.frame.index.tolist() == ["full-sdpa", "local", "majority class"]

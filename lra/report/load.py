@@ -88,9 +88,15 @@ def with_setup_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def length_keys(group: list[dict[str, Any]]) -> set[str]:
-    """The config keys that state the length in every row of `group`: their value is the row's seq_len."""
-    return {key for key in group[0]["setup"]
-            if all(row["setup"].get(key) == json.dumps(row["seq_len"]) for row in group)}
+    """The config keys that follow the length in `group`, where it holds several lengths: keys whose
+    value the row's seq_len decides (task.max_len, and what a task derives from it: a directory per
+    length, generated length bounds, a resolution)."""
+    if len({row["seq_len"] for row in group}) < 2:
+        return set()
+    keys = {key for row in group for key in row["setup"]}
+    return {key for key in keys
+            if all(len({row["setup"].get(key) for row in group if row["seq_len"] == length}) == 1
+                   for length in {row["seq_len"] for row in group})}
 
 
 def canonical(setup: dict[str, str]) -> str:
