@@ -51,6 +51,27 @@ class Positions(Choice):
     learned = "learned"
 
 
+class Init(Choice):
+    """How the encoder's parameters are initialised (models/encoder.py)."""
+
+    torch = "torch"  # torch's defaults (Linear: kaiming-uniform(a=sqrt(5)) weights, fan-in uniform biases)
+    lra = "lra"      # the LRA repository's (flax): Xavier-uniform, N(0, 1e-6) biases; lecun-normal classifier head
+
+
+class PaddingMask(Choice):
+    """Which tokens attention and mean pooling treat as padding."""
+
+    real = "real"        # the batch's padding only
+    nonzero = "nonzero"  # LRA's `inputs > 0`: every token id 0 too (a black pixel); CLS takes the first token's mask
+
+
+class DualHead(Choice):
+    """The classifier head of a two-tower (matching) model, on the encodings u and v."""
+
+    nli = "nli"  # [u, v, u * v, u - v] -> dense (mlp_dim), ReLU -> dense (classes)
+    lra = "lra"  # LRA's classifier_head_dual: [u, v] -> dense (mlp_dim), ReLU -> dense (mlp_dim // 2), ReLU -> dense
+
+
 class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"  # autocast to bfloat16
@@ -71,6 +92,20 @@ class Schedule(Choice):
     constant = "constant"  # warm-up, then constant
     cosine = "cosine"  # warm-up, then cosine decay to zero at max_steps
     rsqrt = "rsqrt"  # LRA's "constant * linear_warmup * rsqrt_decay"
+
+
+class Decay(Choice):
+    """Which parameters weight decay shrinks (lra/optim.py)."""
+
+    matrices = "matrices"  # weight matrices and embeddings (ndim >= 2); not biases nor norm scales
+    all = "all"  # every parameter, as flax's optim.Adam(weight_decay=...) in the LRA repository
+
+
+class TestCheckpoint(Choice):
+    """The weights a run's test split is scored with (lra/engine/training.py)."""
+
+    best = "best"  # the checkpoint of the best validation accuracy
+    last = "last"  # the final weights, as the LRA repository tests
 
 
 class FullImpl(Choice):
@@ -118,6 +153,14 @@ class ModelConfig:
     dropout: float = 0.1
     pooling: Pooling = Pooling.cls
     positions: Positions = Positions.sinusoidal
+    # width attention works at (queries, keys, values; heads of qkv_dim / num_heads); None: dim. LRA's qkv_dim
+    qkv_dim: Optional[int] = None
+    init: Init = Init.torch  # parameter initialisation: torch's defaults, or the LRA repository's (flax)
+    attention_bias: bool = True  # biases in the attention's q, k, v and output projections (LRA: none)
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm of the encoder (LRA, flax: 1e-6)
+    padding_mask: PaddingMask = PaddingMask.real  # which tokens are padding: the real ones, or LRA's id 0 too
+    pool_padding: bool = False  # mean pooling over every position, padding included (LRA); False: real tokens
+    dual_head: DualHead = DualHead.nli  # the two-tower head: [u, v, u * v, u - v], or LRA's [u, v] and two dense
     attention: AttentionConfig = MISSING
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
@@ -156,6 +199,8 @@ class OptimizerConfig:
     schedule: Schedule = Schedule.constant
     warmup_steps: int = 0
     grad_clip: Optional[float] = None
+    # which parameters weight_decay shrinks: matrices (ndim >= 2) or all, decoupled and scaled by the lr either way
+    decay: Decay = Decay.matrices
 
 
 @dataclass
@@ -167,6 +212,8 @@ class TrainerConfig:
     checkpoint_every: int = MISSING
     # micro-batches each step's batch_size examples are split into (each batch_size / accumulate)
     accumulate: int = field(default=1, metadata=technique("accumulate {}"))
+    # the weights the test split is scored with: best (by validation accuracy) or last (the final ones)
+    test_checkpoint: TestCheckpoint = TestCheckpoint.best
     log_every: int = field(default=10, metadata=UNHASHED)
     progress: bool = field(default=True, metadata=UNHASHED)
 
@@ -185,8 +232,22 @@ class HardwareConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """Whose choices a run follows (conf/protocol/): `clean`, ours, or `lra`, the LRA repository's
+    released code, quirks included. Each choice is a key of its own where it acts (model.init,
+    optimizer.decay, ...); this names the set and, under lra, the repository's config file followed."""
+
+    name: str = "clean"
+    # the LRA repository's config file whose values this run follows (protocol=lra), e.g.
+    # lra_benchmarks/image/configs/cifar10/local_base.py
+    source: Optional[str] = field(default=None, metadata=UNHASHED)
+    # why a run follows the task's base config although LRA ran the variant differently, or has no file for it
+    note: Optional[str] = field(default=None, metadata=UNHASHED)
+
+
+@dataclass
 class DistillConfig:
-    # a finished lra-train run directory of the same task: its best checkpoint teaches
+    # a finished lra-train run directory of the same task: the model it tested teaches
     teacher: Optional[str] = field(default=None, metadata=technique("distilled"))
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
@@ -202,6 +263,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     seed: int = 0
     # run again even if the run directory holds this config's finished records
     force: bool = field(default=False, metadata=UNHASHED)

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lra.config import Schedule
+from lra.config import Decay, Schedule
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.AdamW:
-    """AdamW, with weight decay on weight matrices only (not on biases and norm scales)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    """AdamW: weight decay decoupled from the gradient and scaled by the scheduled learning rate,
+    p <- p - lr * (adam_step + weight_decay * p), on the parameters `optimizer.decay` names.
+
+    `decay: all` is the LRA repository's optimizer: flax's `optim.Adam(weight_decay=...)` (created in
+    each task's train.py, `create_optimizer`), whose update (flax/optim/adam.py, apply_param_gradient)
+    is `new_param = param - lr * grad_ema_corr / (sqrt(grad_sq_ema_corr) + eps)`, then
+    `new_param -= lr * weight_decay * param`, on every parameter: torch's AdamW on all of them.
+    `decay: matrices` spares biases and norm scales, as most transformer training does.
+    """
+    return torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def parameter_groups(model: nn.Module, cfg: DictConfig) -> list[dict[str, Any]]:
+    """The model's parameters grouped by their weight decay: every one decayed (`all`), or the
+    weight matrices and embeddings (ndim >= 2) decayed and the rest not (`matrices`)."""
+    params = list(model.parameters())
+    if Decay(cfg.decay) is Decay.all:
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def lr_factor(step: int, cfg: DictConfig, max_steps: int) -> float:
@@ -34,5 +50,7 @@ def lr_factor(step: int, cfg: DictConfig, max_steps: int) -> float:
     return 1.0
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig,
+                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule `lr_factor` as a scheduler of every parameter group (weight decay scales with it)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lra.config import EncoderConfig, Precision, technique_fields, unhashed_keys
+from lra.config import EncoderConfig, Precision, ProtocolConfig, technique_fields, unhashed_keys
 from lra.errors import LRAError
 from lra.files import atomic_write
 
@@ -23,13 +23,23 @@ from lra.files import atomic_write
 # 3: trainer.batch_size is a step's whole batch, split into trainer.accumulate micro-batches (in 2 it
 #    was the micro-batch); test metrics over the whole test split, with test_examples and test_degenerate.
 # 4: train records carry metrics.history (a Validation per validation) and <split>_loss.
-SCHEMA = 4
+# 5: protocol (clean or lra, conf/protocol/) and its knobs (records of 4 and before: clean, the knobs'
+#    defaults, and text validated on its test split).
+SCHEMA = 5
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
-# What records of schema 1 lacked, at the values that reproduce what those runs computed: no technique,
-# fp32, not compressed; the default encoder, no accumulation.
-SCHEMA_1_FIELDS = {"techniques": (), "precision": Precision.fp32.value, "compression": None}
-SCHEMA_1_CONFIG = {"model": {"encoder": asdict(EncoderConfig())}, "trainer": {"accumulate": 1}}
+# What older records lacked, at the values that reproduce what those runs computed. Schema 1: no technique,
+# fp32, not compressed; the default encoder, no accumulation. Schema 4: protocol clean, with its knobs
+# at the values every run had before they were knobs (and text validated on its test split: TEXT_CONFIG).
+OLDER_FIELDS = {"techniques": (), "precision": Precision.fp32.value, "compression": None, "protocol": "clean"}
+OLDER_CONFIG = {
+    "model": {"encoder": asdict(EncoderConfig()), "qkv_dim": None, "init": "torch", "attention_bias": True,
+              "norm_eps": 1e-5, "padding_mask": "real", "pool_padding": False, "dual_head": "nli"},
+    "optimizer": {"decay": "matrices"},
+    "trainer": {"accumulate": 1, "test_checkpoint": "best"},
+    "protocol": asdict(ProtocolConfig()),
+}
+TEXT_CONFIG = {"task": {"val_fraction": None, "split_seed": 0}}
 
 
 @dataclass
@@ -105,6 +115,7 @@ def make_record(
         "techniques": techniques(cfg),
         "precision": str(cfg.hardware.precision),
         "compression": compression,
+        "protocol": cfg.protocol.name,
         "task": cfg.task.name,
         "hardware": cfg.hardware.name,
         "seed": cfg.seed,
@@ -141,15 +152,17 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def upgraded(record: dict[str, Any]) -> dict[str, Any]:
-    """`record` as the current schema states it: what records of schema 1 lacked at the values
-    those runs computed with (SCHEMA_1_FIELDS, SCHEMA_1_CONFIG), and before schema 3, a step's
-    whole batch as trainer.batch_size and a train record's batch_size (they held the micro-batch).
+    """`record` as the current schema states it: what older records lacked at the values those runs
+    computed with (OLDER_FIELDS, OLDER_CONFIG, TEXT_CONFIG), and before schema 3, a step's whole
+    batch as trainer.batch_size and a train record's batch_size (they held the micro-batch).
     A record of the current schema is returned as it is; `record` itself is never changed."""
     schema = record.get("schema", 1)
     if schema >= SCHEMA or not isinstance(record.get("config"), dict):
-        return {**SCHEMA_1_FIELDS, **record}
-    config = _filled(record["config"], SCHEMA_1_CONFIG)
-    record = {**SCHEMA_1_FIELDS, **record, "config": config}
+        return {**OLDER_FIELDS, **record}
+    config = _filled(record["config"], OLDER_CONFIG)
+    if record.get("task") == "text":
+        config = _filled(config, TEXT_CONFIG)
+    record = {**OLDER_FIELDS, **record, "config": config}
     trainer = config["trainer"]
     if schema < 3 and isinstance(trainer.get("batch_size"), int):
         trainer["batch_size"] *= trainer["accumulate"]

@@ -1,5 +1,6 @@
 """lra-train: train one model variant on one task, keep the best checkpoint by validation
-accuracy, test it, and write the job's records.jsonl (the engine: lra.engine.training).
+accuracy, test it (or the final weights: trainer.test_checkpoint), and write the job's records.jsonl
+(the engine: lra.engine.training). Under protocol=lra it logs the LRA config file it follows.
 
     lra-train model=full task=listops hardware=cpu [key=value ...]   (-m to sweep)
 
@@ -38,6 +39,9 @@ log = logging.getLogger("lra.train")
 
 def train_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, and write the run's record (rank 0)."""
+    protocol = cfg.protocol
+    if protocol.source:
+        log.info("protocol %s: %s%s", protocol.name, protocol.source, f" ({protocol.note})" if protocol.note else "")
     record = train(cfg, run_dir)
     if distributed.is_main():
         path = write_records(run_dir, [record])

@@ -1,4 +1,5 @@
-"""Datasets of token sequences, padding, and a data order that is a pure function of (seed, step).
+"""Datasets of token sequences, the split of a validation set off a training set, padding, and a
+data order that is a pure function of (seed, step).
 
 Because the order of training batches depends only on the seed and the step number, a run
 resumed from a checkpoint at step s sees exactly the batches an uninterrupted run would.
@@ -41,6 +42,11 @@ class Ragged:
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(self.values[self.offsets[index] : self.offsets[index + 1]].astype(np.int64))
 
+    def take(self, indices: np.ndarray) -> Ragged:
+        """The sequences at `indices`, in that order, stored end to end anew."""
+        sequences = (self.values[self.offsets[i] : self.offsets[i + 1]] for i in indices)
+        return Ragged.build(sequences, self.values.dtype.type)
+
 
 class SequenceDataset(Dataset):
     """Token-id sequences with one class label each; one sequence per tower (a two-tower task,
@@ -57,6 +63,30 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...], int]:
         return tuple(tower[index] for tower in self.towers), int(self.labels[index])
+
+    def take(self, indices: np.ndarray) -> SequenceDataset:
+        """The examples at `indices`, in that order."""
+        return SequenceDataset(tuple(tower.take(indices) for tower in self.towers), self.labels[indices])
+
+
+def split_off(dataset: SequenceDataset, fraction: float,
+              seed: int | None = None) -> tuple[SequenceDataset, SequenceDataset]:
+    """(kept, held out): `fraction` of the examples set apart, for validation.
+
+    seed None: the last `fraction`, in order (LRA's image split, train[90%:]). A seed: a random
+    subset, for a file in an order of its own (IMDb's is sorted by label), held out in the order
+    drawn, so that its first examples (what `trainer.eval_batches` validates on) are a random sample
+    too; the rest keep their order. Drawn by numpy's legacy RandomState, whose stream numpy keeps
+    fixed (NEP 19): the same split on every machine and numpy version.
+    """
+    size = len(dataset)
+    held = round(size * fraction)
+    if seed is None:
+        order = np.arange(size)
+    else:
+        order = np.random.RandomState(seed).permutation(size)
+        order = np.concatenate([np.sort(order[held:]), order[:held]])
+    return dataset.take(order[: size - held]), dataset.take(order[size - held :])
 
 
 @dataclass

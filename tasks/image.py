@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lra.config import TaskConfig
 from lra.errors import LRAError
 from tasks import register_task
-from tasks.batching import Ragged, SequenceDataset, TaskData
+from tasks.batching import Ragged, SequenceDataset, TaskData, split_off
 from tasks.cache import cached_splits, fingerprint
 from tasks.sources import check_labels, read_table, table_sources
 
@@ -68,15 +68,6 @@ def read_images(files: list[Path], num_classes: int, progress: bool) -> Sequence
     return SequenceDataset((Ragged.build(pixels),), np.concatenate(labels))
 
 
-def split_off(dataset: SequenceDataset, fraction: float) -> tuple[SequenceDataset, SequenceDataset]:
-    """(head, tail): the last `fraction` of the examples apart, in order."""
-    (ragged,) = dataset.towers
-    cut = len(dataset) - round(len(dataset) * fraction)
-    head = Ragged(ragged.values[: ragged.offsets[cut]], ragged.offsets[: cut + 1])
-    tail = Ragged(ragged.values[ragged.offsets[cut]:], ragged.offsets[cut:] - ragged.offsets[cut])
-    return SequenceDataset((head,), dataset.labels[:cut]), SequenceDataset((tail,), dataset.labels[cut:])
-
-
 @register_task(ImageConfig)
 def load(config: ImageConfig, root: Path, generate: bool, progress: bool) -> TaskData:
     if config.max_len != SIDE * SIDE:
@@ -88,6 +79,7 @@ def load(config: ImageConfig, root: Path, generate: bool, progress: bool) -> Tas
            "files": {split: fingerprint(paths) for split, paths in files.items()}}
 
     def build() -> dict[str, SequenceDataset]:
+        # the tail, as LRA: train[:90%] trains, train[90%:] validates
         train, val = split_off(read_images(files["train"], config.num_classes, progress), config.val_fraction)
         return {"train": train, "val": val, "test": read_images(files["test"], config.num_classes, progress)}
 

@@ -2,21 +2,25 @@
 
 Source: the Hugging Face dataset stanfordnlp/imdb (parquet, columns text and label), loaded with
 datasets from <data.root>/<dir> when the files are there, else from the hub cache, offline
-(tasks/sources.py). As in LRA, which had no validation split for IMDb, the test split also serves
-for validation.
+(tasks/sources.py). Validation: `val_fraction` of the training reviews, a seeded random subset
+(`split_seed`; the training file is sorted by label, so its tail would be all positive), the same
+on every run and machine; or, with `val_fraction: null`, the test split itself, as in LRA, which
+had no validation split for IMDb (the best checkpoint is then chosen on the test split).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from lra.config import TaskConfig
+from lra.errors import LRAError
 from tasks import register_task
-from tasks.batching import Ragged, SequenceDataset, TaskData
+from tasks.batching import Ragged, SequenceDataset, TaskData, split_off
 from tasks.cache import cached_splits, fingerprint
 from tasks.sources import check_labels, read_table, table_sources
 
@@ -32,6 +36,9 @@ class TextConfig(TaskConfig):
     max_len: int = 4000
     dir: str = "imdb"
     hub: str = "stanfordnlp/imdb"
+    # the share of the training reviews held out for validation; None: the test split validates (LRA)
+    val_fraction: Optional[float] = None
+    split_seed: int = 0  # draws the held-out reviews: fixed, so every run validates on the same ones
 
 
 def utf8_bytes(text: str, max_len: int) -> np.ndarray:
@@ -51,12 +58,27 @@ def read_texts(files: list[Path], num_classes: int, max_len: int, progress: bool
     return SequenceDataset((Ragged.build(sequences),), np.concatenate(labels))
 
 
+def check_val_fraction(fraction: Optional[float]) -> None:
+    """LRAError naming task.val_fraction unless it is null or strictly between 0 and 1."""
+    if fraction is not None and not 0 < fraction < 1:
+        raise LRAError(f"task.val_fraction: must lie strictly between 0 and 1, or be null (the test split "
+                       f"validates), got {fraction}")
+
+
 @register_task(TextConfig)
 def load(config: TextConfig, root: Path, generate: bool, progress: bool) -> TaskData:
+    check_val_fraction(config.val_fraction)
     files = table_sources(root / config.dir, config.hub, ("train", "test"), what="IMDb reviews (task=text)")
-    key = {"max_len": config.max_len, "num_classes": config.num_classes,
+    held_out = None if config.val_fraction is None else {"fraction": config.val_fraction, "seed": config.split_seed}
+    key = {"max_len": config.max_len, "num_classes": config.num_classes, "val": held_out,
            "files": {split: fingerprint(paths) for split, paths in files.items()}}
-    splits = cached_splits(root, "text", key, lambda: {
-        split: read_texts(paths, config.num_classes, config.max_len, progress) for split, paths in files.items()
-    })
-    return TaskData(train=splits["train"], val=splits["test"], test=splits["test"])
+
+    def build() -> dict[str, SequenceDataset]:
+        splits = {split: read_texts(paths, config.num_classes, config.max_len, progress)
+                  for split, paths in files.items()}
+        if held_out is not None:
+            splits["train"], splits["val"] = split_off(splits["train"], held_out["fraction"], held_out["seed"])
+        return splits
+
+    splits = cached_splits(root, "text", key, build)
+    return TaskData(train=splits["train"], val=splits.get("val", splits["test"]), test=splits["test"])

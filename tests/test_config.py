@@ -26,7 +26,7 @@ def test_default_is_full_attention_on_listops_with_the_small_cpu_profile():
 def test_gpu_profiles_carry_the_lra_paper_settings(hardware):
     cfg = compose_config(f"hardware={hardware}")
     # lra_benchmarks/listops/configs/base_listops_config.py
-    assert (cfg.model.num_layers, cfg.model.dim, cfg.model.num_heads, cfg.model.mlp_dim) == (6, 512, 8, 2048)
+    assert (cfg.model.num_layers, cfg.model.dim, cfg.model.num_heads, cfg.model.mlp_dim) == (4, 512, 8, 1024)
     assert (cfg.trainer.batch_size, cfg.trainer.max_steps, cfg.optimizer.warmup_steps) == (32, 5000, 1000)
     assert cfg.optimizer.lr == 0.05 and cfg.optimizer.schedule.name == "rsqrt"
     assert cfg.task.max_len == 2000 and cfg.task.dir == "listops-1000"

@@ -65,19 +65,25 @@ def build_root(task: str, root: Path, hub: Path) -> list[str]:
     if task == "pathfinder":
         write_pathfinder_tree(root / "pathfinder32" / "curv_contour_length_14", batches=3, per_batch=12)
         return []
+    if task == "listops":
+        return ["experiment=smoke"]  # generated, small
     return ["task.generate.count=24", "model=linformer"]  # pathx: generated at 128x128, an efficient variant
 
 
-@pytest.mark.parametrize("task", ["text", "image", "retrieval", "pathfinder", "pathx"])
-def test_every_task_trains_a_few_steps_through_lra_train(task, tmp_path: Path):
+@pytest.mark.parametrize("protocol", ["clean", "lra"])
+@pytest.mark.parametrize("task", ["listops", "text", "image", "retrieval", "pathfinder", "pathx"])
+def test_every_task_trains_a_few_steps_through_lra_train(task, protocol, tmp_path: Path):
     root, hub, run = tmp_path / "data", tmp_path / "hub", tmp_path / "run"
     overrides = build_root(task, root, hub)
-    result = run_cli("runners.train", f"task={task}", f"data.root={root}", f"hydra.run.dir={run}", *TINY, *overrides,
+    result = run_cli("runners.train", f"task={task}", f"protocol={protocol}", f"data.root={root}",
+                     f"hydra.run.dir={run}", *overrides, *TINY,
                      cwd=REPO, env={"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     [record] = read_records(run / "records.jsonl")
     assert record["status"] == "ok" and record["task"] == task and record["metrics"]["steps"] == 4
-    assert record["config"]["hardware"]["paper_scale"] is False
+    assert record["config"]["hardware"]["paper_scale"] is False and record["protocol"] == protocol
+    if protocol == "lra":  # the LRA file it follows, logged (and in the record's config)
+        assert f"protocol lra: {record['config']['protocol']['source']}" in result.stdout + result.stderr
     assert 0 <= record["metrics"]["test_accuracy"] <= 1
 
 
@@ -99,7 +105,7 @@ def test_missing_text_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_text_is_utf8_bytes_truncated_and_validated_on_test(suffix, tmp_path: Path):
     write_imdb(tmp_path / "imdb", rows=10, suffix=suffix)
-    config = task_config("text", tmp_path, "task.max_len=12")
+    config = task_config("text", tmp_path, "task.max_len=12", "task.val_fraction=null")  # LRA's validation
     data = text.load(config, tmp_path, generate=True, progress=False)
     assert config.vocab_size == 256 and config.towers == data.towers == 1 and len(data.train) == 10
     (tokens,), label = data.train[1]
@@ -134,8 +140,9 @@ def test_the_second_load_comes_from_the_cache_and_a_changed_setting_rebuilds(tmp
     (tokens,) = again.train.towers
     for array in (tokens.values, tokens.offsets, again.train.labels):  # views of the cache file, not copies
         assert mapped_file(array) == entry / "train.arrow" and not array.flags.writeable
-    assert [t.tolist() for (t,), _ in (again.train[i] for i in range(10))] == \
-           [t.tolist() for (t,), _ in (first.train[i] for i in range(10))]
+    assert len(again.train) == len(first.train) == 9 and len(again.val) == 1  # a tenth held out (the default)
+    assert [t.tolist() for (t,), _ in (again.train[i] for i in range(9))] == \
+           [t.tolist() for (t,), _ in (first.train[i] for i in range(9))]
     with pytest.raises(AssertionError, match="cache should have served"):
         text.load(task_config("text", tmp_path, "task.max_len=13"), tmp_path, generate=True, progress=False)
     monkeypatch.undo()

@@ -8,7 +8,7 @@
 - `resume`: the resumable state of a run, its last and best checkpoints;
 - `loop`: the training loop (validation, checkpoints, TensorBoard) from a state to max_steps;
 - `training`: a whole lra-train run: build, train, test, and its record;
-- `finished`: a finished lra-train run read back (record, config, best model);
+- `finished`: a finished lra-train run read back (record, config, the model it tested);
 - `inputs`: random batches and models built for a length, for measuring speed and memory;
 - `benchmark`: one speed and memory measurement at a length and mode (lra-bench);
 - `compression`: int8 quantization and magnitude pruning of a trained model, and their figures.

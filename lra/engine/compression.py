@@ -1,7 +1,7 @@
 """Post-training compression of a trained model, measured beside the float model it came from
 (lra-compress), on the CPU, where torch.ao's dynamic quantization runs:
 
-- the float model of the run's best checkpoint (compression null): the reference;
+- the float model the run tested (its best checkpoint, or its final weights; compression null): the reference;
 - "int8": dynamic int8 quantization of the linear layers (weights int8, activations quantized on
   the fly); the linear layers inside attention modules stay float (some variants read their
   weights as tensors, and they are a small share of the work);

@@ -1,4 +1,5 @@
-"""A finished lra-train run read back: its record, its config and the model of its best checkpoint.
+"""A finished lra-train run read back: its record, its config and its tested model (that of its best
+checkpoint, or its final weights: trainer.test_checkpoint), the model its test accuracy is of.
 
 What distillation (a teacher) and lra-compress (the model to compress) start from. The config is
 the one the run's record carries (upgraded to the current schema, lra.records), so the model is
@@ -14,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lra import checkpoint
+from lra.config import TestCheckpoint
 from lra.errors import LRAError
 from lra.records import RECORDS_FILE, read_records, upgraded
 from models.attention import ATTENTION
@@ -48,21 +50,24 @@ def trained_config(record: dict[str, Any]) -> DictConfig:
 
 
 def trained_model(run_dir: Path, cfg: DictConfig, key: str) -> Classifier:
-    """The model of the run's best checkpoint (on the CPU, in eval mode).
+    """The model the run tested (on the CPU, in eval mode): its best checkpoint's, or under
+    `trainer.test_checkpoint: last` its last checkpoint's, the final weights.
 
     Built under a forked RNG: its random init, overwritten by the checkpoint, draws nothing from
     the global one, so a distilled student starts from the weights of its baseline of the same seed.
-    The best checkpoint has no fallback (lra.checkpoint): unreadable, it is an LRAError naming it.
+    Either checkpoint is read without a fallback (lra.checkpoint): an older generation is not the
+    model the record reports on, so an unreadable one is an LRAError naming it.
     """
     task = task_config(cfg.task)
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator draws
         model = Classifier(cfg.model, task.vocab_size, task.num_classes, task.max_len, task.towers)
-    path = Path(run_dir) / checkpoint.DIRECTORY / checkpoint.BEST
+    which = TestCheckpoint(cfg.trainer.test_checkpoint)
+    path = Path(run_dir) / checkpoint.DIRECTORY / (checkpoint.BEST if which is TestCheckpoint.best else checkpoint.LAST)
     try:
         saved = checkpoint.load(path, fallback=False)
     except LRAError as error:
         raise LRAError(f"{key}: {error}") from None
     if saved is None:
-        raise LRAError(f"{key}: {path}: no best checkpoint")
+        raise LRAError(f"{key}: {path}: no {which.value} checkpoint")
     model.load_state_dict(saved["model"])
     return model.eval()

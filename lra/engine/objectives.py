@@ -6,8 +6,8 @@ by a temperature T, mixed with the hard labels,
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
 
 (T^2 keeps the soft term's gradients on the scale of the hard term's as T changes). The teacher is
-the best checkpoint of a finished lra-train run of the same task (distill.teacher), typically
-full attention teaching an efficient variant.
+the tested model (best checkpoint or final weights) of a finished lra-train run of the same task
+(distill.teacher), typically full attention teaching an efficient variant.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Rerunning a run in its directory resumes from the last checkpoint exactly: model, optimizer,
 scheduler, loss scaler, RNG, step, and so the data order, are restored. The best checkpoint holds
-the weights of the best validation accuracy alone (lra.checkpoint: no fallback).
+the weights of the best validation accuracy alone (lra.checkpoint: no fallback). A finished run's
+last checkpoint holds its final weights: those tested under `trainer.test_checkpoint: last`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from lra import checkpoint
+from lra.config import TestCheckpoint
 from lra.engine.step import Trainee
 from lra.errors import LRAError
 
@@ -95,3 +97,11 @@ def best_model(run_dir: Path) -> dict[str, torch.Tensor]:
     if saved is None:
         raise LRAError(f"{run_dir / BEST}: missing, so the best model is lost; rerun with force=true")
     return saved["model"]
+
+
+def tested_weights(model: torch.nn.Module, run_dir: Path, which: TestCheckpoint) -> dict[str, torch.Tensor]:
+    """The weights to test, put in `model` (a run's model after its final step): those of the best
+    checkpoint, or the final ones the model already holds."""
+    if which is TestCheckpoint.best:
+        model.load_state_dict(best_model(run_dir))
+    return model.state_dict()

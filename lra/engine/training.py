@@ -1,5 +1,10 @@
 """A whole lra-train run: build the model and what trains it, resume, train, test the best
-checkpoint, and make the run's record (the runner writes it)."""
+checkpoint or the final weights (trainer.test_checkpoint), and make the run's record (the runner
+writes it).
+
+A record's `val_accuracy` is the best validation accuracy whichever weights are tested; `tested`
+names them (best or last), and `last_val_accuracy` is the last validation's, that of the final weights.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from lra import checkpoint, distributed
-from lra.config import Precision
+from lra.config import Precision, TestCheckpoint
 from lra.engine.device import configured_device, environment, loss_scaler, seed_everything, setup_device
 from lra.engine.evaluation import evaluate, validation_limit
 from lra.engine.loop import fit, log_hparams
 from lra.engine.objectives import Objective, objective
-from lra.engine.resume import LAST, best_model, restore
+from lra.engine.resume import LAST, RunState, restore, tested_weights
 from lra.engine.step import Trainee, micro_batch
 from lra.optim import build_optimizer, build_scheduler
 from lra.records import config_hash, make_record
@@ -49,8 +54,8 @@ def trainee(cfg: DictConfig, device: torch.device, loss: Objective) -> Trainee:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train, validate, test the best checkpoint; return the run's record. Checkpoints and
-    TensorBoard go to `run_dir` (rank 0's alone)."""
+    """Train, validate, test the weights trainer.test_checkpoint names; return the run's record.
+    Checkpoints and TensorBoard go to `run_dir` (rank 0's alone)."""
     started = time.perf_counter()
     check_model_config(cfg.model, cfg.task.max_len)
     micro_batch_size = micro_batch(cfg)
@@ -71,11 +76,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         }
         if diverged is None:
             distributed.barrier()  # rank 0 has written the best checkpoint
-            best = best_model(run_dir)
-            trained.model.load_state_dict(best)
-            metrics["weights_mb"] = checkpoint.saved_mb(best)
+            tested = TestCheckpoint(cfg.trainer.test_checkpoint)
+            metrics["weights_mb"] = checkpoint.saved_mb(tested_weights(trained.model, run_dir, tested))
+            metrics["tested"] = tested.value
             metrics.update(evaluate(trained.model, data.test, cfg, device, "test"))  # always the whole split
             metrics["val_accuracy"] = state.best_val
+            metrics["last_val_accuracy"] = last_validation(state)
             metrics["val_examples"] = min(len(data.val), validation_limit(cfg) or len(data.val))
             if writes:
                 log_hparams(writer, cfg, {"test/accuracy": metrics["test_accuracy"],
@@ -92,6 +98,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seq_len=cfg.task.max_len, batch_size=cfg.trainer.batch_size, env=environment(device),
         wall_s=time.perf_counter() - started,
     )
+
+
+def last_validation(state: RunState) -> float | None:
+    """The accuracy of the run's last validation (at its final step: of the final weights)."""
+    return state.history[-1]["val_accuracy"] if state.history else None
 
 
 def failed_record(cfg: DictConfig, status: str, error: str, wall_s: float) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from lra.config import FullImpl, full_attention_name
 PLAIN, FUSED = full_attention_name(FullImpl.math), full_attention_name(FullImpl.sdpa)
 BASELINES = {"plain": PLAIN, "fused": FUSED}
 FP32 = "fp32"  # the precision a row's label leaves unsaid
+CLEAN = "clean"  # the protocol a row's label leaves unsaid (conf/protocol/)
 JOIN = " + "  # between a row label's variant and what was done to it
 SETUP_OPEN = " ["  # before what sets a row's runs apart from others of the same name: `full-sdpa [task.max_len=64]`
 OURS = "ours"  # the `source` of cells measured here, as opposed to published reference figures
@@ -60,12 +61,14 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
 
 
 def label(variant: str, techniques: Iterable[str] = (), precision: str = FP32, compression: str | None = None,
-          setup: str = "") -> str:
+          setup: str = "", protocol: str = CLEAN) -> str:
     """A row's name: the attention variant, then ` + ` and each model-level technique, the
-    precision unless fp32 and the compression if any (e.g. `full-sdpa + reversible + bf16`), so
-    that every table shows a run with techniques as a row of its own; then, where runs of that name
-    differ in more than their seed, what sets this one apart (`full-sdpa [trainer.max_steps=20]`)."""
-    extras = [*techniques, *([precision] if precision != FP32 else []), *([compression] if compression else [])]
+    precision unless fp32, the compression if any and the protocol unless clean (e.g.
+    `full-sdpa + reversible + bf16`, `local + lra protocol`), so that every table shows a run with
+    techniques, or under another protocol, as a row of its own; then, where runs of that name differ
+    in more than their seed, what sets this one apart (`full-sdpa [trainer.max_steps=20]`)."""
+    extras = [*techniques, *([precision] if precision != FP32 else []), *([compression] if compression else []),
+              *([f"{protocol} protocol"] if protocol != CLEAN else [])]
     return JOIN.join([variant, *extras]) + (f"{SETUP_OPEN}{setup}]" if setup else "")
 
 

@@ -76,7 +76,7 @@ def with_setup_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         key = (row["kind"], row["hardware"], row["task"], label(row["model"], row["techniques"], row["precision"],
-                                                                row["compression"]))
+                                                                row["compression"], protocol=row["protocol"]))
         groups.setdefault(key, []).append(row)
     for group in groups.values():
         lengths = length_keys(group)
@@ -134,10 +134,10 @@ def labelled(record: dict) -> dict:
     where records of that label differ: `full-sdpa [trainer.max_steps=20]`), its attention as
     `variant`, as `base_model` the label without the compression: the model it was made from, and as
     `length_model` the label whose setup leaves out the length (see `with_setup_labels`)."""
-    techniques = list(record["techniques"])
+    techniques, protocol = list(record["techniques"]), record["protocol"]
     setup, length_setup = record["setup"], record.pop("length_setup")
     return {**record, "variant": record["model"], "techniques": techniques,
-            "model": label(record["model"], techniques, record["precision"], record["compression"], setup),
-            "base_model": label(record["model"], techniques, record["precision"], setup=setup),
+            "model": label(record["model"], techniques, record["precision"], record["compression"], setup, protocol),
+            "base_model": label(record["model"], techniques, record["precision"], setup=setup, protocol=protocol),
             "length_model": label(record["model"], techniques, record["precision"], record["compression"],
-                                  length_setup)}
+                                  length_setup, protocol)}

@@ -25,7 +25,7 @@ ACCURACY = "test_accuracy"
 COLUMNS = {"test acc %": ACCURACY, "train steps/s": "steps_per_s", "train peak MB": "peak_memory_mb",
            "infer steps/s": "infer_steps_per_s", "infer peak MB": "infer_peak_memory_mb", "weights MB": "weights_mb"}
 FIGURES = list(COLUMNS.values())
-KEYS = ["hardware", "task", "variant", "precision", "model"]
+KEYS = ["hardware", "task", "variant", "precision", "protocol", "model"]
 CELLS = [*KEYS, "base", "n", "failed", "status", *FIGURES, *(f"{figure}_vs_base" for figure in FIGURES),
          *INTERVAL, "degenerate", "train_measure", "infer_measure"]
 # What a techniques cell takes from the accuracy cell of the same row: how sure its accuracy is.
@@ -46,8 +46,8 @@ def base_label(cell: pd.Series) -> str:
     """The row a technique row is compared with: its variant alone at the same precision (and in
     the same setup, where runs of a name differ in more than the seed), so only the technique
     differs; a row that differs from its variant by precision alone: the variant in fp32."""
-    alone = label(cell["variant"], (), cell["precision"], setup=cell["setup"])
-    return alone if cell["model"] != alone else label(cell["variant"], setup=cell["setup"])
+    alone = label(cell["variant"], (), cell["precision"], setup=cell["setup"], protocol=cell["protocol"])
+    return alone if cell["model"] != alone else label(cell["variant"], setup=cell["setup"], protocol=cell["protocol"])
 
 
 def techniques_cells(records: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +141,7 @@ def techniques_notes(cells: pd.DataFrame) -> list[str]:
         "infer steps/s, infer peak MB: measured on the CPU by lra-compress (int8 dynamic quantization runs on the "
         "CPU only), each compressed model beside the float model it was made from, in the same job; peak memory: "
         f"{measures(cells, 'infer_measure')}.",
-        "weights MB: the saved size of the model's weights (a training run's best checkpoint; the compressed "
+        "weights MB: the saved size of the model's weights (a training run's tested checkpoint; the compressed "
         "model in lra-compress).",
     ]
     if cells["status"].ne("ok").any():
