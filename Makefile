@@ -16,11 +16,15 @@ TECHNIQUES    ?= results/runs/techniques
 LONG_STUDY    ?= results/runs/long
 LONG_MODELS   ?= full,local,linear,nystrom
 JOBS          ?= $(shell $(PYTHON) -c 'import os; print(os.cpu_count() or 1)')
+# `make gpu-check`: the Python whose CUDA torch is installed (nothing is installed into it but WHEELS: a
+# folder of wheels for what it lacks, e.g. hydra-core, omegaconf, antlr4-python3-runtime, installed with no index).
+GPU_PYTHON    ?= python3
+WHEELS        ?=
 # `make test` runs one pytest process per core (pytest-xdist); TEST_WORKERS=0 runs the tests in one process.
 TEST_WORKERS  ?= auto
 
 .DEFAULT_GOAL := help
-.PHONY: help install run study-techniques study-long test test-slow clean
+.PHONY: help install run study-techniques study-long test test-slow gpu-check clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,8 +71,12 @@ study-long: install ## the long CPU study: learning curves on ListOps (500-2000 
 test: install ## run the fast test suite, one process per core
 	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS)
 
-test-slow: install ## run the slow tests (the default run end to end, torch.compile)
+test-slow: install ## run the slow tests (the default run end to end, torch.compile, the GPU check rehearsed)
 	$(BIN)/pytest -m slow
+
+gpu-check: ## validate a GPU machine in under 10 minutes with its own CUDA torch, no package index (GPU_CHECK_DRY=1: rehearse on the CPU)
+	$(if $(WHEELS),$(GPU_PYTHON) -m pip install --no-index --no-deps $(WHEELS)/*.whl)
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m runners.gpu_check
 
 clean: ## remove the venv, caches and run outputs (keeps data/ and the committed results)
 	rm -rf $(VENV) .pytest_cache .hypothesis outputs multirun $(STUDY) $(TECHNIQUES) $(LONG_STUDY) *.egg-info

@@ -83,9 +83,23 @@ class Device(Choice):
     cuda = "cuda"
 
 
+class MatmulPrecision(Choice):
+    """How fp32 matrix products run (torch.set_float32_matmul_precision), the fp32 islands that
+    attention variants keep under autocast included."""
+
+    highest = "highest"  # full fp32 products
+    high = "high"  # TF32 tensor cores on CUDA: 10-bit mantissa products, fp32 sums
+    medium = "medium"  # bf16 products where the backend has them
+
+
 class BenchMode(Choice):
     train = "train"  # one training step: forward, backward, optimizer
     infer = "infer"  # one forward pass without gradients
+
+
+class BenchPadding(Choice):
+    task = "task"  # padded as the task's batches are (TaskConfig.min_fill): none for a fixed-length task
+    none = "none"  # every token real, no mask
 
 
 class Schedule(Choice):
@@ -174,6 +188,10 @@ class TaskConfig:
 
     vocab_size: ClassVar[int]  # token ids are 0 .. vocab_size - 1
     towers: ClassVar[int] = 1  # sequences per example: 2 for a matching (two-tower) task
+    # where sequences vary in length (so batches are padded to their longest): the shortest real length
+    # as a fraction of max_len, lra-bench drawing real lengths uniformly from it to max_len; None: every
+    # sequence is max_len tokens, never padded
+    min_fill: ClassVar[Optional[float]] = None
 
     name: str = MISSING
     num_classes: int = MISSING
@@ -229,6 +247,11 @@ class HardwareConfig:
     num_workers: int = field(default=0, metadata=UNHASHED)
     bench_batch_size: int = field(default=32, metadata=UNHASHED)
     cpu_memory_cap_mb: Optional[float] = None  # CPU: live tensor bytes above this are out of memory
+    # every batch's length rounded up to a multiple of this, never past task.max_len, so that a compiled
+    # model sees few shapes; null: task.max_len when compile is true (one shape), else 1 (the longest).
+    # Padding is masked, so it changes no result: not part of the config hash
+    pad_multiple: Optional[int] = field(default=None, metadata=UNHASHED)
+    matmul_precision: MatmulPrecision = MatmulPrecision.highest  # fp32 matmuls: highest, high (TF32), medium
 
 
 @dataclass
@@ -282,6 +305,7 @@ class BenchSettings:
     min_run_time: float = MISSING
     find_max_batch: bool = False
     max_batch: int = MISSING
+    padding: BenchPadding = BenchPadding.task
     progress: bool = field(default=True, metadata=UNHASHED)
 
 

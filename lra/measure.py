@@ -20,7 +20,11 @@ None), so a measured step starts with none, and both devices count the gradients
 The whole-process figure is another one: the peak resident set of a process (`peak_rss_bytes`),
 meaningful for a process that measured one thing.
 
-FLOPs: torch's FLOP counter (matrix products), on the meta device so that nothing is computed.
+FLOPs (`count_step_flops`): torch's FLOP counter (matrix products), without computing where the model
+allows it: on the meta device, else on fake tensors (shapes without data), else for real on the CPU.
+
+Attention kernels (`SdpaCalls`): which of scaled_dot_product_attention's kernels ran each call, as torch
+dispatched it, not as a rule predicts it.
 """
 
 from __future__ import annotations
@@ -31,15 +35,18 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from lra.errors import LRAError
+from lra.errors import LRAError, one_line
 from lra.memory import BY_DEVICE
 
 # Operations that return their input as new memory: torch.tensor(...) (and as_tensor, new_tensor,
@@ -199,6 +206,120 @@ def count_flops(fn: Callable[[], object]) -> int:
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+Inputs = tuple[Optional[torch.Tensor], ...]  # a step's inputs: tokens, mask (None: no padding), labels
+
+
+@dataclass
+class FlopCount:
+    """Result of `count_step_flops`: the FLOPs and where they were counted (meta, fake or cpu)."""
+
+    flops: int
+    on: str
+
+
+def _on_meta(model: torch.nn.Module, batch: Inputs, step: Callable[[torch.nn.Module, Inputs], object]) -> int:
+    """Count on the meta device: nothing is computed or stored. A model that turns autocast off for its
+    device cannot run there (the meta device has no autocast to turn off), nor one that reads a value."""
+    meta = torch.device("meta")
+    model = model.to(meta)
+    return count_flops(lambda: step(model, tuple(None if t is None else t.to(meta) for t in batch)))
+
+
+def _on_fake(model: torch.nn.Module, batch: Inputs, step: Callable[[torch.nn.Module, Inputs], object]) -> int:
+    """Count on fake CPU tensors (shapes and devices without data): CPU autocast can be turned off; an
+    operation whose output shape depends on values (nonzero, unique) cannot run. The model's own tensors
+    are faked as they are used, and its gradients are left fake: the model is for counting only."""
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        fake_batch = tuple(None if t is None else fake.from_tensor(t) for t in batch)
+        return count_flops(lambda: step(model, fake_batch))
+
+
+def _on_cpu(model: torch.nn.Module, batch: Inputs, step: Callable[[torch.nn.Module, Inputs], object]) -> int:
+    """Count for real on the CPU, at the full shape: as long and as large as the step itself."""
+    return count_flops(lambda: step(model, batch))
+
+
+# Where count_step_flops counts, in the order it tries: each costs more than the one before.
+FLOP_COUNTERS = {"meta": _on_meta, "fake": _on_fake, "cpu": _on_cpu}
+
+
+def count_step_flops(build: Callable[[], tuple[torch.nn.Module, Inputs]],
+                     step: Callable[[torch.nn.Module, Inputs], object]) -> FlopCount:
+    """FLOPs of the matrix products of `step(model, batch)`, for the model and batch that `build()` makes
+    on the CPU, fused attention counted as its plain form: on the meta device where the model runs there,
+    else on fake tensors, else for real on the CPU (FLOP_COUNTERS). The counter counts shapes, not values,
+    so each gives the same count for the same products. A fresh model and batch for each try."""
+    failures = []
+    for on, count in FLOP_COUNTERS.items():
+        model, batch = build()
+        try:
+            return FlopCount(count(model, batch, step), on)
+        except (RuntimeError, NotImplementedError) as error:
+            failures.append(f"{on}: {type(error).__name__}: {one_line(str(error), 120)}")
+    raise LRAError("no FLOP count: " + "; ".join(failures))
+
+
+# The fused kernels of scaled_dot_product_attention, as records name them. A call that reaches none of
+# them ran the math form: it is decomposed into plain operations before a dispatch mode sees it.
+SDPA_KERNELS = {
+    torch.ops.aten._scaled_dot_product_flash_attention.default: "flash",
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: "flash",
+    torch.ops.aten._scaled_dot_product_efficient_attention.default: "efficient",
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default: "cudnn",
+    torch.ops.aten._scaled_dot_product_fused_attention_overrideable.default: "overrideable",
+}
+# How torch pads an input to a fused kernel's alignment (at::pad of a constant): on CUDA, the head
+# dimension to a multiple of 8 (flash, memory-efficient) and the mask's key dimension to a multiple of 16
+# (memory-efficient).
+PAD = torch.ops.aten.constant_pad_nd.default
+
+
+@dataclass(frozen=True)
+class SdpaCall:
+    """One call of scaled_dot_product_attention: the kernel that ran it, the keys' length, whether it had
+    an explicit mask, and whether torch padded an input to the kernel's alignment."""
+
+    backend: str
+    seq_len: int
+    masked: bool
+    padded: bool
+
+
+class _DispatchedOps(TorchDispatchMode):
+    """The operations dispatched inside it, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[Any] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class SdpaCalls(TorchFunctionMode):
+    """Records every call of F.scaled_dot_product_attention made inside it (`calls`), with the kernel
+    torch dispatched it to: flash, efficient, cudnn, overrideable, or math. What ran, seen in the
+    operations the call dispatched, rather than a prediction from the inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[SdpaCall] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        with _DispatchedOps() as dispatched:
+            out = func(*args, **kwargs)
+        kernels = [SDPA_KERNELS[op] for op in dispatched.ops if op in SDPA_KERNELS]
+        key = kwargs["key"] if "key" in kwargs else args[1]
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        self.calls.append(SdpaCall(kernels[0] if kernels else "math", key.shape[-2], mask is not None,
+                                   PAD in dispatched.ops))
+        return out
 
 
 def median_seconds(fn: Callable[[], object], *, min_run_time: float = 2.0) -> float:

@@ -185,7 +185,12 @@ class Encoder(nn.Module):
         return mask[:, :1] if self.padding_mask is PaddingMask.nonzero else mask.new_ones(len(mask), 1)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`mask`: True at real tokens; None when none is padding."""
+        """`mask`: True at real tokens; None when none is padding.
+
+        The caller, who knows the lengths on the host, passes None for a batch without padding
+        (`tasks.batching.pad_batch` does): a mask is used as given, never read back to find out,
+        so a forward pass waits on no device and compiles to one graph. Without a mask, attention
+        takes CUDA's fastest fused kernels (which take no explicit mask)."""
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's max_len {self.max_len}")
         mask = self.token_mask(tokens, mask)
@@ -196,13 +201,11 @@ class Encoder(nn.Module):
             x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
             mask = None if mask is None else torch.cat([self.cls_mask(mask), mask], dim=1)
         x = self.dropout(x + self.positions[: x.shape[1]])
-        # No mask when nothing is padded: CUDA's fastest fused kernels take no explicit mask.
-        key_padding_mask = None if mask is None or bool(mask.all()) else mask
         if self.reversible:
-            x = reversible(self.layers(), x, key_padding_mask)
+            x = reversible(self.layers(), x, mask)
         else:
             for block in self.layers():
-                x = block(x, key_padding_mask)
+                x = block(x, mask)
         x = self.norm(x)
         if self.pooling is not Pooling.mean:
             return x[:, 0]

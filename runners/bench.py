@@ -3,8 +3,9 @@
     lra-bench model=linformer task=text hardware=cpu bench.seq_lens=[1024,2048,3072,4096]   (-m to sweep)
 
 At each length the task's model (two towers for retrieval) is built for that length and fed random
-tokens of the task's vocabulary. `train` times one training step (forward, backward, optimizer, as
-lra-train runs it), `infer` one forward pass without gradients. What each measurement holds:
+tokens of the task's vocabulary, padded as the task's training batches are (bench.padding). `train`
+times one training step (forward, backward, optimizer, as lra-train runs it), `infer` one forward pass
+without gradients. What each measurement holds:
 lra.engine.benchmark. Each writes one record (records.jsonl is rewritten after every one, so a crash
 loses nothing measured); after an out-of-memory length, the longer lengths of that mode are
 recorded as `skipped`.

@@ -103,21 +103,35 @@ class TaskData:
         return len(self.train.towers)
 
 
-def pad_batch(items: list[tuple[tuple[torch.Tensor, ...], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def padded_length(longest: int, multiple: int = 1, limit: int | None = None) -> int:
+    """`longest` rounded up to a multiple of `multiple`, but not past `limit` (nor below `longest`)."""
+    rounded = -(-longest // multiple) * multiple
+    return rounded if limit is None else max(longest, min(rounded, limit))
+
+
+def pad_batch(
+    items: list[tuple[tuple[torch.Tensor, ...], int]], multiple: int = 1, limit: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Pad to the longest sequence: (tokens, mask with True at real tokens, labels).
 
-    tokens and mask are (batch, length) for one tower, (batch, towers, length) for more.
+    tokens and mask are (batch, length) for one tower, (batch, towers, length) for more. The mask
+    is None when every sequence fills the padded length: decided here, on the host, so that the
+    model never reads a mask back from the device to find out (and runs unmasked kernels then).
+    The length is rounded up to a multiple of `multiple`, at most `limit` (the task's max_len), so
+    that batches come in few lengths: a compiled model compiles a graph for each length it sees.
     """
     towers = len(items[0][0])
-    lengths = torch.tensor([[len(seq) for seq in seqs] for seqs, _ in items])
-    tokens = torch.zeros(len(items), towers, int(lengths.max()), dtype=torch.long)
+    lengths = [[len(seq) for seq in seqs] for seqs, _ in items]
+    length = padded_length(max(max(row) for row in lengths), multiple, limit)
+    tokens = torch.zeros(len(items), towers, length, dtype=torch.long)
     for row, (seqs, _) in enumerate(items):
         for tower, seq in enumerate(seqs):
             tokens[row, tower, : len(seq)] = seq
-    mask = torch.arange(tokens.shape[-1]) < lengths[..., None]
+    padded = any(size < length for row in lengths for size in row)
+    mask = torch.arange(length) < torch.tensor(lengths)[..., None] if padded else None
     labels = torch.tensor([label for _, label in items])
     if towers == 1:
-        return tokens[:, 0], mask[:, 0], labels
+        return tokens[:, 0], None if mask is None else mask[:, 0], labels
     return tokens, mask, labels
 
 

@@ -392,6 +392,7 @@ def check_split(path: Path, progress: bool = True) -> int:
 @dataclass
 class ListOpsConfig(TaskConfig):
     vocab_size = len(VOCAB)
+    min_fill = 0.25  # LRA's generator: 500 < length < 2000 tokens at max_len 2000
 
     name: str = "listops"
     num_classes: int = 10

@@ -30,6 +30,7 @@ COLUMNS = ("label", "id1", "id2", "text1", "text2")
 class RetrievalConfig(TaskConfig):
     vocab_size = BYTES
     towers = 2
+    min_fill = 0.0  # documents of any length, each padded or cut to max_len
 
     name: str = "retrieval"
     num_classes: int = 2

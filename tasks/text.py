@@ -30,6 +30,7 @@ BYTES = 256  # the vocabulary: one token per byte value
 @dataclass
 class TextConfig(TaskConfig):
     vocab_size = BYTES
+    min_fill = 0.0  # reviews of a few bytes up: most are shorter than LRA's 4000 bytes, a few are cut at it
 
     name: str = "text"
     num_classes: int = 2

@@ -1,62 +1,21 @@
-"""Small files in each real source format of the LRA tasks, written by the tests themselves."""
+"""Small files in each real source format of the LRA tasks, written by the tests themselves (those of
+IMDb, CIFAR-10 and the ACL Anthology pairs come from tasks/samples.py, which `make gpu-check` uses too)."""
 
 from __future__ import annotations
 
-import io
 import re
 import shlex
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from omegaconf import DictConfig
-from PIL import Image
 
 from lra.errors import LRAError
 from runners.data import cli
 from tasks import load_task
 from tasks.batching import TaskData
-
-REVIEWS = ["a good film", "naïve, but — fun ✓", "bad " * 40, "", "ok"]  # multi-byte UTF-8, long, empty
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_imdb(directory: Path, rows: int = 40, suffix: str = ".parquet") -> None:
-    """The hub's layout of stanfordnlp/imdb: plain_text/{train,test}-00000-of-00001.parquet."""
-    (directory / "plain_text").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "test"):
-        frame = pd.DataFrame({"text": [REVIEWS[i % len(REVIEWS)] + f" #{i}" for i in range(rows)],
-                              "label": [i % 2 for i in range(rows)]})
-        path = directory / "plain_text" / f"{split}-00000-of-00001{suffix}"
-        frame.to_parquet(path) if suffix == ".parquet" else frame.to_csv(path, index=False)
-
-
-def write_cifar(directory: Path, train: int = 40, test: int = 20, side: int = 32, seed: int = 0) -> None:
-    """The hub's layout of uoft-cs/cifar10: columns img {bytes, path} (PNG) and label."""
-    rng = np.random.default_rng(seed)
-    (directory / "plain_text").mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("test", test)):
-        images = rng.integers(0, 256, (rows, side, side, 3), dtype=np.uint8)
-        frame = pd.DataFrame({
-            "img": [{"bytes": png_bytes(image), "path": f"{i}.png"} for i, image in enumerate(images)],
-            "label": [i % 10 for i in range(rows)],
-        })
-        frame.to_parquet(directory / "plain_text" / f"{split}-00000-of-00001.parquet")
-
-
-def write_aan(directory: Path, rows: int = 24) -> None:
-    """The LRA release's tsv_data/new_aan_pairs.{train,eval,test}.tsv: label, id1, id2, text1, text2."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "eval", "test"):
-        lines = [f"{float(i % 2)}\tP{i}\tQ{i}\tpaper {i} on parsing é\tpaper {i} cites {'x' * i}\n"
-                 for i in range(rows)]
-        (directory / f"new_aan_pairs.{split}.tsv").write_text("".join(lines), encoding="utf-8")
+from tasks.samples import png_bytes
 
 
 def write_pathfinder_tree(folder: Path, batches: int = 2, per_batch: int = 10, side: int = 32,

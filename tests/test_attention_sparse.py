@@ -99,7 +99,7 @@ def test_etc_is_longformers_function_with_etcs_defaults():
     q, k, v, mask = random_heads(dtype=torch.float64)
     etc = build("etc", window=5, global_tokens=3)
     assert torch.equal(etc(q, k, v, mask), build("longformer", window=5, global_tokens=3)(q, k, v, mask))
-    defaults = build("etc")
+    defaults = build("etc", max_len=300)  # the layout is laid out over max_len: 300 tokens need it
     assert (defaults.window, defaults.global_tokens) == (84, 16)
     pattern = defaults.dense_pattern(300)[0]
     assert pattern[:16].all() and pattern[:, :16].all() and pattern[100, 16:].sum() == 2 * 84 + 1

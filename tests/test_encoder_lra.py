@@ -128,12 +128,12 @@ def test_nonzero_gives_the_cls_token_the_first_tokens_mask():
     assert not torch.allclose(logits[0], real[0], atol=1e-3)
 
 
-def test_nonzero_keeps_real_padding_and_no_mask_when_nothing_is_padding():
+def test_nonzero_keeps_real_padding_and_sees_every_token_when_nothing_is_padding():
     nonzero = build("model.padding_mask=nonzero", "model.pooling=mean")
     calls = attention_calls(nonzero)
     tokens = torch.randint(1, VOCAB, (2, 12))
-    nonzero(tokens, torch.ones_like(tokens, dtype=torch.bool))
-    assert calls[-1][1] is None  # no id 0, no padding: attention gets no mask
+    nonzero(tokens, None)
+    assert calls[-1][1].all()  # no id 0, no padding: attention sees every token (the mask is never read back)
     mask = torch.arange(12) < torch.tensor([[12], [7]])
     nonzero(tokens, mask)  # padding with ids > 0 is still padding
     assert torch.equal(calls[-1][1], mask)

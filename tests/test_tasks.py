@@ -24,9 +24,8 @@ from tasks import image, load_task, pathfinder, retrieval, text
 from tasks.cache import CACHE_DIR
 from tasks.sources import read_table
 from tests.conftest import REPO, compose_config, run_cli
-from tests.task_fixtures import (
-    REVIEWS, follow_the_missing_data_hint, png_bytes, write_aan, write_cifar, write_imdb, write_pathfinder_tree,
-)
+from tasks.samples import REVIEWS, png_bytes, write_aan, write_cifar, write_imdb
+from tests.task_fixtures import follow_the_missing_data_hint, write_pathfinder_tree
 
 TINY = ["model.num_layers=1", "model.dim=32", "model.num_heads=2", "model.mlp_dim=32", "trainer.batch_size=4",
         "trainer.max_steps=4", "trainer.eval_every=4", "trainer.checkpoint_every=4", "trainer.eval_batches=2",

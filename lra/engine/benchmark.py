@@ -4,7 +4,10 @@
 - memory: the peak of the bytes one step allocates, above what existed before it, the same figure
   on CUDA and on the CPU (lra.measure), and on the CPU the peak RSS of the worker process that made
   this one measurement (whole process);
-- FLOPs of the step's matrix products, counted on the meta device where the model allows it;
+- the batch: random tokens, padded as the task's batches are (bench.padding, `real_lengths`);
+- FLOPs of the step's matrix products on that batch, counted without computing where the model allows it
+  (lra.measure.count_step_flops);
+- the kernels scaled_dot_product_attention ran, seen in one eager forward pass on that batch (`sdpa_fields`);
 - running out of memory (CUDA, the CPU allocator, hardware.cpu_memory_cap_mb, or the system killing
   the worker) is a result: status `oom`.
 """
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from lra.config import BenchMode, Device, Precision
+from lra.config import BenchMode, BenchPadding, Device, Precision
 from lra.engine.device import autocast, loss_scaler, setup_device
 from lra.engine.inputs import build_model, inputs
 from lra.engine.step import Trainee, micro_batch, train_step
 from lra.errors import LRAError, one_line
 from lra.measure import (
-    count_flops, free_memory, is_out_of_memory, median_seconds, memory_cap, peak_memory, peak_rss_bytes,
+    FlopCount, Inputs, SdpaCalls, count_step_flops, free_memory, is_out_of_memory, median_seconds, memory_cap,
+    peak_memory, peak_rss_bytes,
 )
 from lra.optim import build_optimizer, build_scheduler
 from lra.worker import WorkerDied, WorkerError, run_isolated
@@ -34,6 +39,7 @@ from models.encoder import Classifier, check_model_config
 from tasks import task_config
 
 log = logging.getLogger("lra.bench")
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -82,20 +88,96 @@ def make_step(cfg: DictConfig, model: Classifier, mode: BenchMode, device: torch
     return infer
 
 
-def step_flops(cfg: DictConfig, length: int, mode: BenchMode) -> int | None:
-    """FLOPs of one step at bench.batch_size, counted on the meta device; None where the model's
-    attention needs real values (data-dependent shapes or values) to run."""
-    batch = cfg.bench.batch_size
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg, length, torch.device("meta"))
-            tokens, _, labels = inputs(cfg, length, batch, torch.device("meta"))
-        if mode is BenchMode.train:
-            return count_flops(lambda: F.cross_entropy(model(tokens, None), labels).backward())
-        with torch.no_grad():
-            return count_flops(lambda: model(tokens, None))
-    except (RuntimeError, NotImplementedError):
+def real_lengths(cfg: DictConfig, shape: tuple[int, ...], length: int) -> torch.Tensor | None:
+    """The real tokens of each sequence of a bench batch of `shape` (batch, or batch and towers) at
+    `length`, as the task's batches have them: under bench.padding=task, for a task whose sequences vary
+    in length (TaskConfig.min_fill), drawn uniformly from min_fill * length to length, the longest then
+    stretched to fill `length` (a batch is padded to its longest sequence). Drawn from the run's seed
+    alone, so every measurement of a run sees the same pattern. None: every sequence fills `length`."""
+    fill = task_config(cfg.task).min_fill
+    if BenchPadding(cfg.bench.padding) is BenchPadding.none or fill is None:
         return None
+    shortest = max(1, math.ceil(fill * length))
+    real = torch.randint(shortest, length + 1, shape, generator=torch.Generator().manual_seed(cfg.seed))
+    real.view(-1)[real.argmax()] = length
+    return real
+
+
+def bench_inputs(cfg: DictConfig, length: int, batch: int, device: torch.device) -> Inputs:
+    """A batch of random tokens and labels (lra.engine.inputs) at `length`, padded by `real_lengths`:
+    token 0 and mask False beyond each sequence's real tokens; the mask None when nothing is padded,
+    as tasks.batching.pad_batch gives it."""
+    tokens, _, labels = inputs(cfg, length, batch, device)
+    real = real_lengths(cfg, tuple(tokens.shape[:-1]), length)
+    if real is None or bool((real == length).all()):
+        return tokens, None, labels
+    mask = (torch.arange(length) < real[..., None]).to(device)
+    return tokens.masked_fill(~mask, 0), mask, labels
+
+
+def masked_fraction(batch: Inputs) -> float:
+    """The share of a batch's token positions that are padding."""
+    mask = batch[1]
+    return 0.0 if mask is None else 1 - mask.sum().item() / mask.numel()
+
+
+def forward_backward(model: Classifier, batch: Inputs) -> None:
+    """The products of a train step: forward and backward (the optimizer multiplies no matrices)."""
+    tokens, mask, labels = batch
+    F.cross_entropy(model(tokens, mask), labels).backward()
+
+
+def forward_only(model: Classifier, batch: Inputs) -> None:
+    """The products of an inference step: a forward pass without gradients."""
+    with torch.no_grad():
+        model(batch[0], batch[1])
+
+
+COUNTED_STEPS = {BenchMode.train: forward_backward, BenchMode.infer: forward_only}  # what each mode's FLOPs count
+
+
+def step_flop_count(cfg: DictConfig, length: int, mode: BenchMode) -> FlopCount | None:
+    """FLOPs of the matrix products of one step on the bench's batch (forward and backward, or the
+    forward alone), with where they were counted; None, and a warning, if no way of counting ran."""
+    def build() -> tuple[Classifier, Inputs]:
+        return build_model(cfg, length, CPU), bench_inputs(cfg, length, cfg.bench.batch_size, CPU)
+
+    try:
+        return count_step_flops(build, COUNTED_STEPS[mode])
+    except LRAError as error:
+        log.warning("%s at %d tokens (%s): %s", cfg.model.name, length, mode.value, error)
+        return None
+
+
+def step_flops(cfg: DictConfig, length: int, mode: BenchMode) -> int | None:
+    """FLOPs of one step on the bench's batch (`step_flop_count`), or None."""
+    count = step_flop_count(cfg, length, mode)
+    return None if count is None else count.flops
+
+
+# The record fields `sdpa_fields` fills; None where the model made no call of scaled_dot_product_attention.
+SDPA_FIELDS = ("sdpa_backend", "sdpa_seq_len", "sdpa_mask", "sdpa_padded")
+
+
+def sdpa_fields(cfg: DictConfig, model: Classifier, batch: Inputs, mode: BenchMode,
+                device: torch.device) -> dict[str, Any]:
+    """The calls of scaled_dot_product_attention in one eager forward pass of `mode` on `batch`, as torch
+    dispatched them (lra.measure.SdpaCalls): the kernels that ran (flash, efficient, cudnn, math; several
+    joined by commas), the longest key length passed, whether any call had an explicit mask, and whether
+    torch padded an input to a kernel's alignment. The eager model's: under torch.compile the traced
+    graph chooses its kernel by the same rules on the same shapes."""
+    model.train(mode is BenchMode.train)
+    with SdpaCalls() as sdpa, torch.set_grad_enabled(mode is BenchMode.train):
+        with autocast(device, Precision(cfg.hardware.precision)):
+            model(batch[0], batch[1])
+    if not sdpa.calls:
+        return dict.fromkeys(SDPA_FIELDS)
+    return {
+        "sdpa_backend": ",".join(dict.fromkeys(call.backend for call in sdpa.calls)),
+        "sdpa_seq_len": max(call.seq_len for call in sdpa.calls),
+        "sdpa_mask": any(call.masked for call in sdpa.calls),
+        "sdpa_padded": any(call.padded for call in sdpa.calls),
+    }
 
 
 def largest_batch(fits: Callable[[int], bool], start: int, limit: int) -> int:
@@ -143,7 +225,7 @@ def measured(cfg: DictConfig, length: int, mode: BenchMode, device: torch.device
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, length, device)
     step = make_step(cfg, model, mode, device)
-    batch = inputs(cfg, length, bench.batch_size, device)
+    batch = bench_inputs(cfg, length, bench.batch_size, device)
     with peak_memory(device, cap) if cap else nullcontext():  # warm-up (compilation, optimizer state)
         step(batch)
     with peak_memory(device, cap) as memory:
@@ -156,11 +238,14 @@ def measured(cfg: DictConfig, length: int, mode: BenchMode, device: torch.device
         "tokens_per_s": bench.batch_size * towers * length / seconds,
         "peak_memory_mb": memory.mb,
         "memory_measure": memory.measure,
+        "masked_fraction": masked_fraction(batch),
+        **sdpa_fields(cfg, model, batch, mode, device),
     }
     if bench.find_max_batch:
-        metrics["max_batch"] = largest_batch(
-            lambda size: fits(step, inputs(cfg, length, size, device), device, cap), bench.batch_size, bench.max_batch
-        )
+        def fits_batch(size: int) -> bool:
+            return fits(step, bench_inputs(cfg, length, size, device), device, cap)
+
+        metrics["max_batch"] = largest_batch(fits_batch, bench.batch_size, bench.max_batch)
     return metrics
 
 
@@ -205,9 +290,10 @@ def with_flops(outcome: Outcome, cfg: DictConfig, length: int, mode: BenchMode, 
     """A successful `outcome` with the step's FLOPs and achieved TFLOP/s, beside a plain matrix
     product's `matmul` TFLOP/s on the same device."""
     if outcome.status == "ok":
-        flops = step_flops(cfg, length, mode)
+        count = step_flop_count(cfg, length, mode)
         outcome.metrics["matmul_tflops"] = matmul
-        if flops:
-            outcome.metrics["flops_per_step"] = flops
-            outcome.metrics["tflops"] = flops * outcome.metrics["steps_per_s"] / 1e12
+        if count:
+            outcome.metrics["flops_per_step"] = count.flops
+            outcome.metrics["flops_counted_on"] = count.on
+            outcome.metrics["tflops"] = count.flops * outcome.metrics["steps_per_s"] / 1e12
     return outcome

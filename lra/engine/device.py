@@ -1,4 +1,5 @@
-"""The device a run uses, how it is seeded, its precision, and what a record says of the machine."""
+"""The device a run uses, how it is seeded, its precision, how batches reach it, and what a record
+says of the machine."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import torch
 from omegaconf import DictConfig
 
 from lra import distributed
-from lra.config import CONF_DIR, Device, Precision
+from lra.config import CONF_DIR, Device, MatmulPrecision, Precision
 from lra.errors import LRAError
 
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
 def setup_device(hardware: DictConfig) -> torch.device:
-    """The profile's device (this process's GPU under torchrun), its thread count applied."""
+    """The profile's device (this process's GPU under torchrun), its thread count and fp32 matmul
+    precision applied."""
     device = torch.device(Device(hardware.device).value)
     if device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank())
@@ -28,12 +30,26 @@ def setup_device(hardware: DictConfig) -> torch.device:
         raise LRAError(f"hardware.device: hardware={hardware.name} needs CUDA, which this torch build cannot see")
     if hardware.threads > 0:
         torch.set_num_threads(hardware.threads)
+    # fp32 matmuls, those that attention keeps in fp32 under autocast too: TF32 tensor cores at `high`
+    torch.set_float32_matmul_precision(MatmulPrecision(hardware.matmul_precision).value)
     return device
 
 
 def configured_device(hardware: DictConfig) -> torch.device:
     """The profile's device type, without setting anything up: what a failed job's record names."""
     return torch.device(Device(hardware.device).value)
+
+
+def pins_memory(device: torch.device) -> bool:
+    """Whether batches for `device` are built in page-locked host memory: a CUDA device copies from
+    it asynchronously, while the host goes on (to the next batch); a CPU run gains nothing."""
+    return device.type == "cuda"
+
+
+def to_device(batch: tuple[torch.Tensor | None, ...], device: torch.device) -> tuple[torch.Tensor | None, ...]:
+    """A batch's tensors on `device` (a mask of None, no padding, stays None); copies to a CUDA
+    device do not block the host, which reads nothing of them back before the step's results."""
+    return tuple(None if t is None else t.to(device, non_blocking=pins_memory(device)) for t in batch)
 
 
 def seed_everything(seed: int) -> None:
@@ -65,7 +81,7 @@ def git_sha() -> str | None:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """A record's `env`: the versions, the device and its threads, the commit."""
+    """A record's `env`: the versions, the device and its threads, the fp32 matmul precision, the commit."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
     else:
@@ -76,5 +92,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "device": device.type,
         "device_name": name,
         "threads": torch.get_num_threads(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
         "git_sha": git_sha(),
     }

@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader, Subset
 
 from lra import distributed
 from lra.config import Precision
-from lra.engine.device import autocast
+from lra.engine.device import autocast, to_device
+from lra.engine.inputs import loader_options
 from lra.engine.step import micro_batch
 from lra.predictions import class_counts, split_metrics
 from tasks import task_config
-from tasks.batching import SequenceDataset, pad_batch
+from tasks.batching import SequenceDataset
 
 
 @torch.no_grad()
@@ -28,15 +29,16 @@ def predict(model: torch.nn.Module, dataset: SequenceDataset, cfg: DictConfig, d
     model.eval()
     size = len(dataset) if limit is None else min(len(dataset), limit)
     shard = Subset(dataset, range(distributed.rank(), size, distributed.world_size()))
-    loader = DataLoader(shard, batch_size=micro_batch(cfg), collate_fn=pad_batch)
+    loader = DataLoader(shard, batch_size=micro_batch(cfg), **loader_options(cfg, device))
     predicted, true = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]  # a share may be empty
     loss = 0.0
-    for tokens, mask, labels in loader:
+    for batch in loader:
+        tokens, mask, labels = to_device(batch, device)  # mask None: no padding
         with autocast(device, Precision(cfg.hardware.precision)):
-            logits = model(tokens.to(device), mask.to(device))
-        loss += float(F.cross_entropy(logits.float(), labels.to(device), reduction="sum"))
+            logits = model(tokens, mask)
+        loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         predicted.append(logits.argmax(-1).cpu())
-        true.append(labels)
+        true.append(batch[2])
     return torch.cat(predicted), torch.cat(true), loss
 
 

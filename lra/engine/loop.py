@@ -3,6 +3,9 @@ logging to TensorBoard on the way.
 
 Under torchrun each step's batch is dealt out over the processes (lra.distributed); losses and
 token counts are summed over them, and rank 0 alone writes checkpoints and TensorBoard.
+
+A step never waits for the device: its losses stay there (`Unread`) until a step that logs,
+validates or checkpoints reads them all at once, and checks them for divergence then.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,49 @@ from tqdm import tqdm
 
 from lra import distributed
 from lra.engine.evaluation import evaluate, validation_limit
+from lra.engine.inputs import loader_options
 from lra.engine.resume import LAST, RunState, save_best, save_last
 from lra.engine.step import Trainee, train_step
 from lra.measure import memory_cap, peak_memory
 from lra.records import Validation, resolved
-from tasks.batching import StepBatches, TaskData, pad_batch
+from tasks.batching import StepBatches, TaskData
 
 log = logging.getLogger("lra.train")
+
+
+@dataclass
+class Unread:
+    """The steps whose losses have not been read yet: their losses, still on the device, and the
+    real tokens of their batches, counted on the host (a CPU tensor or an int, never read per step)."""
+
+    losses: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    tokens: torch.Tensor | int = 0
+
+    def add(self, losses: dict[str, torch.Tensor], batch: tuple[torch.Tensor | None, ...]) -> None:
+        """One step's losses and its batch's real tokens (every document of a two-tower task)."""
+        self.losses.append(losses)
+        tokens, mask = batch[:2]
+        self.tokens = self.tokens + (tokens.numel() if mask is None else mask.sum())
+
+
+def read_losses(unread: Unread, state: RunState, keep: int, device: torch.device) -> str | None:
+    """Move the unread steps' losses and tokens into `state`, in one read of the device: the whole
+    batch's losses (every process's mean, in equal shares) and tokens. Returns None, or the reason
+    the loss diverged: the first unread step whose loss is not finite."""
+    if not unread.losses:
+        return None
+    terms, steps = list(unread.losses[0]), len(unread.losses)
+    values = torch.stack([torch.stack([step[term].float() for term in terms]) for step in unread.losses])
+    *summed, tokens = distributed.all_sum([*values.flatten().tolist(), float(unread.tokens)], device)
+    first = state.step - steps + 1
+    unread.losses, unread.tokens = [], 0
+    state.tokens += int(tokens)
+    for step, row in enumerate(np.reshape(summed, (steps, len(terms))) / distributed.world_size(), start=first):
+        losses = dict(zip(terms, row.tolist()))
+        if not np.isfinite(losses["loss"]):
+            return f"loss became {losses['loss']} at step {step}"
+        state.add_losses(losses, keep)
+    return None
 
 
 def fit(
@@ -44,45 +83,44 @@ def fit(
     batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps,
                           shard=distributed.rank(), shards=distributed.world_size())
     loader = DataLoader(  # its own generator: creating the iterator must not draw from the global RNG
-        data.train, batch_sampler=batches, collate_fn=pad_batch, num_workers=cfg.hardware.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        data.train, batch_sampler=batches, num_workers=cfg.hardware.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed), **loader_options(cfg, device),
     )
     cap = memory_cap(cfg.hardware) if device.type == "cpu" else None  # every step runs under it
     bar = tqdm(
         total=cfg.trainer.max_steps, initial=state.step, desc=f"{cfg.model.name} on {cfg.task.name}",
         disable=None if cfg.trainer.progress and distributed.is_main() else True, dynamic_ncols=True,
     )
+    unread = Unread()
     with bar:
         tick = time.perf_counter()
         for batch in loader:
             measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
             with peak_memory(device, cap) if measure or cap else nullcontext() as memory:
-                losses = {term: value.item() for term, value in train_step(trainee, batch, cfg, device).items()}
-            # the whole batch's: every process's mean losses (equal shares), and real tokens of both
-            # documents of a two-tower task
-            *summed, tokens = distributed.all_sum([*losses.values(), float(batch[1].sum())], device)
-            losses = {term: value / distributed.world_size() for term, value in zip(losses, summed)}
-            loss = losses["loss"]
+                unread.add(train_step(trainee, batch, cfg, device), batch)
             if measure:
                 state.peak_memory_mb, state.memory_measure = round(memory.mb, 3), memory.measure
-            if not np.isfinite(loss):
-                return f"loss became {loss} at step {state.step + 1}"
             trainee.scheduler.step()
             state.step += 1
-            state.tokens += int(tokens)
+            final = state.step == cfg.trainer.max_steps
+            logs = state.step % cfg.trainer.log_every == 0
+            validates = state.step % cfg.trainer.eval_every == 0 or final
+            saves = state.step % cfg.trainer.checkpoint_every == 0 or final
+            if logs or validates or saves:  # the steps that need the numbers read the device
+                diverged = read_losses(unread, state, cfg.trainer.log_every, device)
+                if diverged is not None:
+                    return diverged
             state.train_seconds += time.perf_counter() - tick
-            state.add_losses(losses, cfg.trainer.log_every)
             bar.update(1)
-            if state.step % cfg.trainer.log_every == 0 and writer is not None:
+            if logs and writer is not None:
                 log_training(writer, state, trainee)
                 bar.set_postfix(loss=f"{state.train_loss():.3f}", best_val=f"{max(state.best_val, 0):.3f}")
-            final = state.step == cfg.trainer.max_steps
-            if state.step % cfg.trainer.eval_every == 0 or final:
+            if validates:
                 validate(trainee, data, cfg, device, run_dir, state, writer)
-            if (state.step % cfg.trainer.checkpoint_every == 0 or final) and distributed.is_main():
+            if saves and distributed.is_main():
                 save_last(run_dir / LAST, state, trainee)
             tick = time.perf_counter()
-    return None
+    return read_losses(unread, state, cfg.trainer.log_every, device)
 
 
 def validate(trainee: Trainee, data: TaskData, cfg: DictConfig, device: torch.device, run_dir: Path,

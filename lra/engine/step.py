@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from lra.config import Precision
-from lra.engine.device import autocast
+from lra.engine.device import autocast, to_device
 from lra.engine.objectives import Objective, cross_entropy
 from lra.errors import LRAError
 from models.attention import Attention
@@ -34,6 +34,11 @@ class Trainee:
         self.attention = [module for module in self.model.modules() if isinstance(module, Attention)]
 
 
+def split(t: torch.Tensor | None, parts: int) -> tuple[torch.Tensor | None, ...]:
+    """`t` cut into `parts` micro-batches along the batch; a mask of None (no padding) stays None."""
+    return (None,) * parts if t is None else t.chunk(parts)
+
+
 def micro_batch(cfg: DictConfig) -> int:
     """Examples per forward pass: trainer.batch_size (the examples of an optimizer step) split into
     trainer.accumulate micro-batches of equal size."""
@@ -55,12 +60,14 @@ def train_step(
     released once the optimizer has used them, so that no gradient outlives its step: between
     steps (validation, checkpoints) memory holds none, and a step's peak memory counts the
     gradients it makes on every device alike (lra.measure). Returns the mean loss before the
-    update ("loss") and the objective's terms.
+    update ("loss") and the objective's terms, as tensors on the device: nothing in a step waits
+    for the device, the caller reads them when it needs the numbers. The batch's mask is None
+    when nothing is padded (`tasks.batching.pad_batch`).
     """
-    tokens, mask, labels = (t.to(device) for t in batch)
+    tokens, mask, labels = to_device(batch, device)
     trainee.model.train()
     forward = trainee.synced or trainee.forward
-    micro_batches = list(zip(*(t.chunk(cfg.trainer.accumulate) for t in (tokens, mask, labels))))
+    micro_batches = list(zip(*(split(t, cfg.trainer.accumulate) for t in (tokens, mask, labels))))
     losses: dict[str, torch.Tensor] = {}
     for number, (micro_tokens, micro_mask, micro_labels) in enumerate(micro_batches, start=1):
         share = len(micro_labels) / len(labels)

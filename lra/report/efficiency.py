@@ -18,8 +18,10 @@ from lra.report.table import Table, number, ratio, status_text
 FIGURES = ["steps_per_s", "tokens_per_s", "peak_memory_mb", "peak_rss_mb", "tflops", "matmul_tflops", "max_batch"]
 RATIOS = {"speed": "steps_per_s", "memory": "peak_memory_mb"}  # the figures compared with full attention
 RATIO_COLUMNS = [f"{kind}_vs_{name}" for kind in RATIOS for name in BASELINES]
+# What the measured step ran on: the padded share of its batch, the kernels of scaled_dot_product_attention.
+BATCH = ["masked_fraction", "sdpa_backend"]
 COLUMNS = [*GROUP, "source", "model", "our_model", "precision", "seq_len", "n", "failed", "status", "memory_measure",
-           *FIGURES, *RATIO_COLUMNS]
+           *FIGURES, *RATIO_COLUMNS, *BATCH]
 
 
 def efficiency_cells(records: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -28,8 +30,10 @@ def efficiency_cells(records: pd.DataFrame, reference: pd.DataFrame | None = Non
     bench = records[records["kind"] == "bench"]
     if bench.empty:
         return pd.DataFrame(columns=COLUMNS)
-    figures = {name: (name, "mean") for name in FIGURES} | {"memory_measure": ("memory_measure", "joined")}
+    figures = {name: (name, "mean") for name in [*FIGURES, "masked_fraction"]} | {
+        name: (name, "joined") for name in ["memory_measure", "sdpa_backend"]}
     ours = sort_models(aggregate(bench, [*GROUP, "model", "precision", "seq_len"], figures)).assign(source=OURS)
+    ours["sdpa_backend"] = ours["sdpa_backend"].mask(ours["sdpa_backend"] == "")  # no call of it: none
     parts = [ours.assign(our_model=ours["model"])]
     if reference is not None:
         parts.append(ours[GROUP].drop_duplicates().merge(published_efficiency(reference), on=["task", "mode"]))
@@ -83,6 +87,8 @@ EXTRA_TABLES = [
     ("peak_rss_mb", "Peak RSS MB: the whole process (isolated worker), not the attention alone",
      lambda cell: number(cell["peak_rss_mb"])),
     ("max_batch", "Largest batch that fits", lambda cell: number(cell["max_batch"])),
+    ("sdpa_backend", "Kernel of scaled_dot_product_attention that ran (the batch's padded share, as in training)",
+     lambda cell: f"{cell['sdpa_backend']} ({cell['masked_fraction']:.0%} padding)"),
 ]
 
 

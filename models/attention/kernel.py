@@ -168,8 +168,11 @@ class PerformerAttention(KernelAttention):
 
     State of random features (all in the state_dict, so a resumed run continues identically):
     `projection`, `seed` (drawn from torch's RNG at construction) and `steps` (optimizer steps seen).
-    The d-th draw uses a generator seeded with seed + d; draw 0 is made at construction.
-    Deterministic features have no state; num_features, feature_norms and redraw_every go unused.
+    The d-th draw uses a generator seeded with seed + d; draw 0 is made at construction. The
+    schedule runs on Python copies of seed and steps, read from the buffers at construction and
+    when a state_dict is loaded: counting a step and redrawing never read a tensor back from the
+    device. Deterministic features have no state; num_features, feature_norms and redraw_every
+    go unused.
     """
 
     def __init__(self, config: PerformerConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
@@ -187,12 +190,19 @@ class PerformerAttention(KernelAttention):
         self.register_buffer("seed", torch.randint(2**62, ()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("projection", torch.empty(config.num_features, head_dim))
+        self.register_load_state_dict_post_hook(PerformerAttention._read_schedule)
+        self._read_schedule()
         self._draw()
 
+    def _read_schedule(self, *_: object) -> None:
+        """Copy the `seed` and `steps` buffers into the Python numbers the schedule runs on (also a
+        post-hook of load_state_dict, whose arguments it ignores)."""
+        self.draw_seed, self.step_count = int(self.seed), int(self.steps)
+
     def _draw(self) -> None:
-        """Set `projection` to the draw that `steps` calls for."""
-        draw = int(self.steps) // self.redraw_every if self.redraw_every else 0
-        generator = torch.Generator().manual_seed(int(self.seed) + draw)
+        """Set `projection` to the draw that the step count calls for."""
+        draw = self.step_count // self.redraw_every if self.redraw_every else 0
+        generator = torch.Generator().manual_seed(self.draw_seed + draw)
         num_features, dim = self.projection.shape
         with torch.no_grad():
             self.projection.copy_(orthogonal_gaussian_projection(num_features, dim, self.norms, generator))
@@ -201,8 +211,9 @@ class PerformerAttention(KernelAttention):
         """Count an optimizer step; redraw the projection every `redraw_every` of them (never in eval)."""
         if not self.training or self.projection is None:
             return
-        self.steps.add_(1)
-        if self.redraw_every and int(self.steps) % self.redraw_every == 0:
+        self.step_count += 1
+        self.steps.add_(1)  # the checkpoint's count, kept in step on the device without reading it
+        if self.redraw_every and self.step_count % self.redraw_every == 0:
             self._draw()
 
     def feature_maps(

@@ -5,14 +5,19 @@ query block gathers a fixed number of whole key blocks (listed by a `BlockLayout
 keys every query sees, and attends them under an exact token-level mask in one fused
 `scaled_dot_product_attention` call whose batch is the blocks; global queries attend to every key.
 No n x n tensor exists: per query, time and memory are the gathered plus the global keys. Each
-variant is just its layout, built once per number of blocks and cached, so a layout (BigBird's
-random blocks included) is the same in training and eval and at every call.
+variant is just its layout, built once over the blocks of max_len at construction, so a layout
+(BigBird's random blocks included) is the same in training and eval and at every call.
 
 A layout depends on positions only, never on the padded length of the batch: the pattern over n
 tokens is the top-left n x n corner of the pattern over max_len. Local, Sparse Transformer,
 Longformer and ETC patterns are defined position by position; BigBird's random and last global
 blocks are laid out over max_len's blocks and cropped to n (`crop_blocks`). So padding a sample
 further never changes what its real tokens attend, and its outputs never depend on its batch.
+
+A forward pass crops max_len's layout to its ceil(n / block) blocks by slicing and fixed-size
+indexing alone: which blocks, slots and global positions it keeps follows from n, a shape, and
+never from tensor values. Shapes are static, nothing is read back from the device, and
+`torch.compile` traces the whole attention as one graph.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ class BlockLayout:
     @property
     def num_blocks(self) -> int:
         return self.blocks.shape[1]
+
+    @property
+    def slots(self) -> int:
+        """m: the key blocks gathered per query block."""
+        return self.blocks.shape[2]
 
     def to(self, device: torch.device) -> BlockLayout:
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "block"}
@@ -104,6 +114,36 @@ def make_layout(
         queries = torch.arange(num_blocks * block).view(1, num_blocks, block, 1)
         allowed = allowed & ((queries - keys).abs() <= band)
     return BlockLayout(block, blocks.clamp(min=0), allowed.contiguous(), global_keys, global_queries)
+
+
+def slot_first_use(layout: BlockLayout) -> list[int]:
+    """Per slot of `layout`, the fewest blocks an input needs for that slot to hold a key some query
+    attends: max(query block, key block) + 1, least over the heads and query blocks where the slot
+    allows a key; one more than the layout's blocks for a slot that allows none."""
+    num_blocks = layout.num_blocks
+    used = layout.allowed.unflatten(-1, (layout.slots, layout.block)).any(dim=-1).any(dim=2)  # (heads, blocks, m)
+    needed = torch.maximum(torch.arange(num_blocks).view(1, -1, 1), layout.blocks) + 1
+    return needed.masked_fill(~used, num_blocks + 1).amin(dim=(0, 1)).tolist()
+
+
+def crop_layout(layout: BlockLayout, num_blocks: int, first_use: list[int], global_keys: int,
+                global_queries: int) -> BlockLayout:
+    """The first `num_blocks` query blocks of `layout` with the slots they use (`first_use`, of
+    `slot_first_use`), no key beyond them, and the first `global_keys` and `global_queries` global
+    positions. Slices and indices of a fixed size only: the shapes follow from `num_blocks` alone."""
+    kept = [slot for slot, first in enumerate(first_use) if first <= num_blocks]
+    if num_blocks == layout.num_blocks and len(kept) == layout.slots:
+        blocks, allowed = layout.blocks, layout.allowed
+    else:
+        blocks = layout.blocks[:, :num_blocks]
+        allowed = layout.allowed[:, :num_blocks].unflatten(-1, (layout.slots, layout.block))
+        if len(kept) < layout.slots:
+            blocks, allowed = blocks[..., kept], allowed[..., kept, :]
+        inside = blocks < num_blocks  # keys beyond the input would be padding: no query attends them
+        allowed = (allowed & inside[:, :, None, :, None]).flatten(-2)
+        blocks = blocks.masked_fill(~inside, 0)
+    return BlockLayout(layout.block, blocks, allowed, layout.global_keys[:global_keys],
+                       layout.global_queries[:global_queries])
 
 
 def crop_blocks(blocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
@@ -221,7 +261,8 @@ def _at_least(key: str, value: int, minimum: int) -> int:
 
 
 class BlockSparseAttention(Attention):
-    """Base of the variants: a layout per number of blocks, cached, run by the shared engine."""
+    """Base of the variants: a layout over max_len's blocks, built once (`set_layout`, called at the
+    end of a variant's construction) and cropped to each input's blocks, run by the shared engine."""
 
     linear_memory = True
 
@@ -229,7 +270,6 @@ class BlockSparseAttention(Attention):
         super().__init__()
         self.block = block
         self.dropout = config.dropout
-        self._layouts: dict[tuple[int, torch.device], BlockLayout] = {}
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
         """The layout of a sequence of `num_blocks` blocks, on the CPU: the first `num_blocks` query
@@ -237,21 +277,39 @@ class BlockSparseAttention(Attention):
         sequence further never changes what its tokens attend."""
         raise NotImplementedError
 
-    def layout(self, n: int, device: torch.device) -> BlockLayout:
-        """The (cached) layout for length n on `device`."""
-        key = (math.ceil(n / self.block), device)
-        if key not in self._layouts:
-            self._layouts[key] = self.build_layout(key[0]).to(device)
-        return self._layouts[key]
+    def set_layout(self, max_len: int) -> None:
+        """Lay the pattern out over max_len's blocks, once: its tensors become buffers (they follow
+        the module's device and stay out of the state_dict), and what a shorter input keeps of them
+        is noted in Python numbers, so that a forward pass builds no layout and reads no tensor."""
+        self.max_blocks = math.ceil(max_len / self.block)
+        with torch.device("cpu"):  # also when the model is built on the meta device
+            layout = self.build_layout(self.max_blocks)
+            ends = torch.arange(self.max_blocks + 1) * self.block
+            self.global_key_counts = torch.searchsorted(layout.global_keys, ends).tolist()
+            self.global_query_counts = torch.searchsorted(layout.global_queries, ends).tolist()
+            self.slot_first_use = slot_first_use(layout)
+        for name in ("blocks", "allowed", "global_keys", "global_queries"):
+            self.register_buffer(f"layout_{name}", getattr(layout, name), persistent=False)
+
+    def layout(self, n: int) -> BlockLayout:
+        """The layout for length n: max_len's, cropped to ceil(n / block) blocks."""
+        num_blocks = -(-n // self.block)
+        if num_blocks > self.max_blocks:
+            raise ValueError(f"sequence of {num_blocks} blocks of {self.block} exceeds the attention's max_len "
+                             f"({self.max_blocks} blocks)")
+        layout = BlockLayout(self.block, self.layout_blocks, self.layout_allowed, self.layout_global_keys,
+                             self.layout_global_queries)
+        return crop_layout(layout, num_blocks, self.slot_first_use, self.global_key_counts[num_blocks],
+                           self.global_query_counts[num_blocks])
 
     def dense_pattern(self, n: int) -> torch.Tensor:
         """The allowed pattern at length n as a dense bool (heads or 1, n, n) tensor; for tests only."""
-        return self.layout(n, torch.device("cpu")).dense(n)
+        return self.layout(n).to(torch.device("cpu")).dense(n)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        layout = self.layout(q.shape[2], q.device)
+        layout = self.layout(q.shape[2])
         return block_sparse_attention(q, k, v, key_padding_mask, layout, self.dropout if self.training else 0.0)
 
 
@@ -266,15 +324,20 @@ class LocalAttention(BlockSparseAttention):
     """Each query attends the keys within `window` positions on either side: an exact band.
 
     Computed on blocks of at least `window` tokens (`band_block`): each query block gathers its
-    previous, own and next block and masks them to |i - j| <= window; O(n * window).
+    previous, own and next block and masks them to |i - j| <= window; O(n * window). The configs of
+    Longformer and ETC add global tokens (the first positions); local attention has none.
     """
 
     def __init__(self, config: LocalAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__(config, block=band_block(_at_least("window", config.window, 1)))
         self.window = config.window
+        self.global_tokens = _at_least("global_tokens", getattr(config, "global_tokens", 0), 0)
+        self.set_layout(max_len)
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
-        return make_layout(self.block, neighbour_blocks(num_blocks, 1), band=self.window)
+        first = torch.arange(min(self.global_tokens, num_blocks * self.block))
+        band = neighbour_blocks(num_blocks, 1)
+        return make_layout(self.block, band, band=self.window, global_keys=first, global_queries=first)
 
 
 @dataclass
@@ -300,6 +363,7 @@ class SparseAttention(BlockSparseAttention):
         self.summary = _at_least("summary", config.summary, 1)
         check_config(self.summary <= self.block, "summary", f"must be at most block={self.block}, got {self.summary}")
         self.global_tokens = _at_least("global_tokens", config.global_tokens, 0)
+        self.set_layout(max_len)
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
         positions = torch.arange(num_blocks * self.block)
@@ -343,8 +407,8 @@ class BigBirdAttention(BlockSparseAttention):
         self.global_blocks = _at_least("global_blocks", config.global_blocks, 0)
         self.seed = config.seed
         self.num_heads = num_heads
-        self.max_blocks = math.ceil(max_len / self.block)
         self.whole_blocks = max_len // self.block
+        self.set_layout(max_len)  # sets max_blocks, which the layout is drawn over
 
     def global_block_ids(self) -> torch.Tensor:
         """The global blocks of max_len: the first ceil(g / 2) blocks and the last floor(g / 2) whole
@@ -392,16 +456,8 @@ class LongformerAttentionConfig(LocalAttentionConfig):
 class LongformerAttention(LocalAttention):
     """Longformer (Beltagy et al., 2020): the local band of `window` positions on either side plus
     the first `global_tokens` positions (the CLS token the encoder prepends), which attend to every
-    key and which every query attends (once, also where they are in its window)."""
-
-    def __init__(self, config: LongformerAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
-        super().__init__(config, num_heads=num_heads, head_dim=head_dim, max_len=max_len)
-        self.global_tokens = _at_least("global_tokens", config.global_tokens, 0)
-
-    def build_layout(self, num_blocks: int) -> BlockLayout:
-        first = torch.arange(min(self.global_tokens, num_blocks * self.block))
-        band = neighbour_blocks(num_blocks, 1)
-        return make_layout(self.block, band, band=self.window, global_keys=first, global_queries=first)
+    key and which every query attends (once, also where they are in its window). Computed by
+    `LocalAttention`, whose layout takes the global tokens of this config."""
 
 
 @dataclass
