@@ -65,8 +65,11 @@ def test_accumulated_micro_batches_equal_one_batch_k_times_as_large():
     pairs = list(zip(whole.model.parameters(), accumulated.model.parameters()))
     for a, b in zip(grads["whole"], grads["accumulated"], strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
-    for a, b in pairs:
-        assert torch.allclose(a, b, atol=1e-6)
+    for (a, b), grad in zip(pairs, grads["whole"], strict=True):
+        # A gradient of rounding noise alone (the key bias: softmax ignores it) is scaled up to the learning
+        # rate by Adam, whichever its sign: only informative gradients must give the same parameters.
+        if grad.abs().max() > 1e-5:
+            assert torch.allclose(a, b, atol=1e-6)
         assert a.grad is None and b.grad is None  # released once the optimizer has used them
     # the k-means update of routing, made once per step, saw all four micro-batches alike
     assert torch.allclose(whole.model.encoder.blocks[0].attn.centroids,
