@@ -24,22 +24,25 @@ from lra.files import atomic_write
 #    was the micro-batch); test metrics over the whole test split, with test_examples and test_degenerate.
 # 4: train records carry metrics.history (a Validation per validation) and <split>_loss.
 # 5: protocol (clean or lra, conf/protocol/) and its knobs (records of 4 and before: clean, the knobs'
-#    defaults, and text validated on its test split).
+#    defaults, and text validated on its test split); hardware.matmul_precision; bench.padding.
 SCHEMA = 5
 RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "oom", "diverged", "failed", "skipped")
 # What older records lacked, at the values that reproduce what those runs computed. Schema 1: no technique,
 # fp32, not compressed; the default encoder, no accumulation. Schema 4: protocol clean, with its knobs
-# at the values every run had before they were knobs (and text validated on its test split: TEXT_CONFIG).
+# at the values every run had before they were knobs, torch's default fp32 matmul precision; and, in the
+# records of one task or kind (OLDER_CONFIG_OF), text validated on its test split, bench inputs unpadded.
 OLDER_FIELDS = {"techniques": (), "precision": Precision.fp32.value, "compression": None, "protocol": "clean"}
 OLDER_CONFIG = {
     "model": {"encoder": asdict(EncoderConfig()), "qkv_dim": None, "init": "torch", "attention_bias": True,
               "norm_eps": 1e-5, "padding_mask": "real", "pool_padding": False, "dual_head": "nli"},
     "optimizer": {"decay": "matrices"},
     "trainer": {"accumulate": 1, "test_checkpoint": "best"},
+    "hardware": {"matmul_precision": "highest"},
     "protocol": asdict(ProtocolConfig()),
 }
-TEXT_CONFIG = {"task": {"val_fraction": None, "split_seed": 0}}
+OLDER_CONFIG_OF = {("task", "text"): {"task": {"val_fraction": None, "split_seed": 0}},
+                   ("kind", "bench"): {"bench": {"padding": "none"}}}
 
 
 @dataclass
@@ -153,15 +156,16 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def upgraded(record: dict[str, Any]) -> dict[str, Any]:
     """`record` as the current schema states it: what older records lacked at the values those runs
-    computed with (OLDER_FIELDS, OLDER_CONFIG, TEXT_CONFIG), and before schema 3, a step's whole
+    computed with (OLDER_FIELDS, OLDER_CONFIG, OLDER_CONFIG_OF), and before schema 3, a step's whole
     batch as trainer.batch_size and a train record's batch_size (they held the micro-batch).
     A record of the current schema is returned as it is; `record` itself is never changed."""
     schema = record.get("schema", 1)
     if schema >= SCHEMA or not isinstance(record.get("config"), dict):
         return {**OLDER_FIELDS, **record}
     config = _filled(record["config"], OLDER_CONFIG)
-    if record.get("task") == "text":
-        config = _filled(config, TEXT_CONFIG)
+    for (key, value), defaults in OLDER_CONFIG_OF.items():
+        if record.get(key) == value:
+            config = _filled(config, defaults)
     record = {**OLDER_FIELDS, **record, "config": config}
     trainer = config["trainer"]
     if schema < 3 and isinstance(trainer.get("batch_size"), int):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lra.config import BenchMode
-from lra.engine.benchmark import fits, largest_batch, make_step, measure, measured, step_flops
+from lra.engine.benchmark import fits, largest_batch, make_step, measure, measured, step_flop_count
 from lra.engine.inputs import build_model, inputs
 from lra.records import read_records
 from lra.worker import WorkerDied, WorkerError, run_isolated
@@ -84,10 +84,10 @@ def test_flops_of_full_attention_are_the_products_of_the_model():
     per_layer = 2 * batch * length * (3 * dim * dim + dim * dim + 2 * dim * mlp) + 4 * batch * length * length * dim
     head = 2 * batch * (dim * mlp + mlp * 2)
     assert heads == cfg.model.num_heads
-    assert step_flops(cfg, length, BenchMode.infer) == 2 * per_layer + head
-    assert step_flops(cfg, length, BenchMode.train) == 3 * (2 * per_layer + head)
-    assert step_flops(bench_config("model=full_math", "model.num_layers=2", "bench.batch_size=3"), length,
-                      BenchMode.train) == 3 * (2 * per_layer + head)
+    assert step_flop_count(cfg, length, BenchMode.infer).flops == 2 * per_layer + head
+    assert step_flop_count(cfg, length, BenchMode.train).flops == 3 * (2 * per_layer + head)
+    plain = bench_config("model=full_math", "model.num_layers=2", "bench.batch_size=3")
+    assert step_flop_count(plain, length, BenchMode.train).flops == 3 * (2 * per_layer + head)
 
 
 def test_plain_full_attention_memory_grows_with_the_square_and_linear_variants_do_not():

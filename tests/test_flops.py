@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lra.config import CONF_DIR, BenchMode
-from lra.engine.benchmark import COUNTED_STEPS, bench_inputs, step_flop_count, step_flops
+from lra.engine.benchmark import COUNTED_STEPS, bench_inputs, step_flop_count
 from lra.engine.inputs import build_model
 from lra.errors import LRAError
 from lra.measure import FLOP_COUNTERS, count_flops, count_step_flops
@@ -66,9 +66,9 @@ def test_full_attention_is_the_analytic_count_on_a_padded_batch(variant: str, le
     attention = 4 * batch * heads * length**2 * (dim // heads)
     projections = 2 * batch * length * (4 * dim * dim + 2 * dim * mlp)  # q, k, v, out; the FFN's two layers
     head = 2 * batch * (dim * mlp + mlp * classes)
-    forward = step_flops(cfg, length, BenchMode.infer)
+    forward = step_flop_count(cfg, length, BenchMode.infer).flops
     assert forward == pytest.approx(layers * (attention + projections) + head, rel=1e-6)
-    assert step_flops(cfg, length, BenchMode.train) == 3 * forward
+    assert step_flop_count(cfg, length, BenchMode.train).flops == 3 * forward
 
 
 def test_a_model_no_counter_can_run_is_counted_for_real_and_none_gives_an_error():

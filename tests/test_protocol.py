@@ -16,7 +16,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from lra.config import CONF_DIR
+from lra.records import config_hash, make_record
+from lra.report import accuracy_tables, load_records, summarise
 from tests.conftest import compose_config
+from tests.report_fixtures import train, write
 
 ADAM = {"optimizer.beta1": 0.9, "optimizer.beta2": 0.98, "optimizer.eps": 1e-9}
 UNSET = {"model.dropout": 0.1, "model.positions": "sinusoidal", "optimizer.grad_clip": None}
@@ -167,8 +170,6 @@ def test_a_knob_can_be_taken_alone_and_the_cpu_profile_keeps_its_own_sizes():
 
 
 def test_the_protocol_changes_the_config_hash_and_names_the_record():
-    from lra.records import config_hash, make_record
-
     lra, clean = compose_config("protocol=lra"), compose_config()
     assert config_hash(lra) != config_hash(clean)
     record = make_record(lra, kind="train", status="ok", metrics={}, seq_len=1, batch_size=1, env={}, wall_s=0.0)
@@ -176,9 +177,6 @@ def test_the_protocol_changes_the_config_hash_and_names_the_record():
 
 
 def test_the_report_gives_each_protocol_rows_of_its_own(tmp_path):
-    from lra.report import accuracy_tables, load_records, summarise
-    from tests.report_fixtures import train, write
-
     runs = [train("full-sdpa", "listops", accuracy, seed) for seed, accuracy in ((0, 0.40), (1, 0.42))]
     runs += [train("full-sdpa", "listops", accuracy, seed, protocol="lra") for seed, accuracy in ((0, 0.30), (1, 0.32))]
     [table] = accuracy_tables(summarise(load_records(write(tmp_path / "runs", *runs))).accuracy)

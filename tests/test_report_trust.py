@@ -149,10 +149,14 @@ def test_older_records_are_read_as_the_current_schema_without_changing_them():
     assert read["protocol"] == "clean" and read["config"]["protocol"]["name"] == "clean"
     model = read["config"]["model"]
     assert model["dim"] == 8 and model["encoder"] == {"share_layers": False, "embed_dim": None, "reversible": False}
-    assert (model["init"], model["padding_mask"], model["dual_head"], model["qkv_dim"]) == ("torch", "real", "nli", None)
+    assert (model["init"], model["padding_mask"], model["dual_head"]) == ("torch", "real", "nli")
+    assert model["qkv_dim"] is None
     assert read["config"]["trainer"] == {"batch_size": 8, "accumulate": 1, "test_checkpoint": "best"}
     assert read["batch_size"] == 8 and "task" not in read["config"]
-    assert upgraded({**schema_1, "task": "text"})["config"]["task"] == {"val_fraction": None, "split_seed": 0}  # on test
+    assert read["config"]["hardware"] == {"matmul_precision": "highest"} and "bench" not in read["config"]
+    text = upgraded({**schema_1, "task": "text"})["config"]["task"]
+    assert text == {"val_fraction": None, "split_seed": 0}  # validated on its test split
+    assert upgraded({**schema_1, "kind": "bench"})["config"]["bench"] == {"padding": "none"}  # unpadded inputs
     assert schema_1["config"] == {"model": {"dim": 8}, "trainer": {"batch_size": 8}}  # the record read is untouched
     schema_2 = {"schema": 2, "kind": "train", "batch_size": 8,
                 "config": {"trainer": {"batch_size": 8, "accumulate": 4}}}

@@ -149,12 +149,6 @@ def step_flop_count(cfg: DictConfig, length: int, mode: BenchMode) -> FlopCount 
         return None
 
 
-def step_flops(cfg: DictConfig, length: int, mode: BenchMode) -> int | None:
-    """FLOPs of one step on the bench's batch (`step_flop_count`), or None."""
-    count = step_flop_count(cfg, length, mode)
-    return None if count is None else count.flops
-
-
 # The record fields `sdpa_fields` fills; None where the model made no call of scaled_dot_product_attention.
 SDPA_FIELDS = ("sdpa_backend", "sdpa_seq_len", "sdpa_mask", "sdpa_padded")
 
