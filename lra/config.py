@@ -7,7 +7,9 @@ fields live in subclasses registered next to their code (models/attention, tasks
 Field metadata says what a field is beyond its type, so that no list of keys is kept elsewhere:
 `UNHASHED` marks a key that changes how a run is shown, not what it computes (left out of the
 config hash, lra.records); `technique(label)` marks a model-level technique, named in a record
-by `label` (formatted with the value) when its value is not the default.
+by `label` (formatted with the value) when its value is not the default; `at_least`, `above` and
+`between` give a numeric key its range, which `check_ranges` enforces at start-up (a list's
+elements one by one). Metadata dicts combine with `|`, e.g. `metadata=UNHASHED | at_least(1)`.
 """
 
 from __future__ import annotations
@@ -19,18 +21,71 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, Union
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from lra.errors import LRAError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 UNHASHED = {"hashed": False}  # field metadata: not part of the config hash
+Number = Union[int, float]
 
 
 def technique(label: str) -> dict[str, str]:
     """Field metadata of a model-level technique, named `label` (with `{}`: the field's value)."""
     return {"technique": label}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: from `low` (excluded if `low_open`) up to `high` (excluded
+    if `high_open`; None: no upper bound)."""
+
+    low: Number
+    high: Optional[Number] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Number) -> bool:
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above_low and below_high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"greater than {self.low}" if self.low_open else f"at least {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+    def check(self, key: str, value: Any, nullable: bool = False) -> None:
+        """LRAError `key=value: must be <range>` unless `value` is in range, a list's element by element
+        (`key[i]=...`). Null passes: OmegaConf refuses it where the schema has no Optional, and
+        `nullable` (an Optional field) adds `, or null` to the line."""
+        if isinstance(value, (list, tuple, ListConfig)):
+            for index, element in enumerate(value):
+                self.check(f"{key}[{index}]", element)
+        elif value is not None and value not in self:
+            raise LRAError(f"{key}={value}: must be {self}{', or null' if nullable else ''}")
+
+
+def at_least(low: Number) -> dict[str, Range]:
+    """Field metadata of a key that must be `low` or more."""
+    return {"range": Range(low)}
+
+
+def above(low: Number) -> dict[str, Range]:
+    """Field metadata of a key that must be more than `low`."""
+    return {"range": Range(low, low_open=True)}
+
+
+def between(low: Number, high: Number, *, low_open: bool = False, high_open: bool = False) -> dict[str, Range]:
+    """Field metadata of a key that must lie between `low` and `high` (each included unless open)."""
+    return {"range": Range(low, high, low_open, high_open)}
+
+
+SEED = between(0, 2**32 - 1)  # every seed: numpy's (np.random.seed, RandomState) accepts no other
+SHARE = between(0, 1, high_open=True)  # a share dropped (dropout) or zeroed (sparsity): 1 would leave nothing
 
 
 class Choice(Enum):
@@ -142,7 +197,7 @@ class AttentionConfig:
     """Fields every attention variant has; each variant subclasses this (models/attention)."""
 
     name: str = MISSING
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata=SHARE)
 
 
 @dataclass
@@ -152,7 +207,7 @@ class EncoderConfig:
     # ALBERT: every layer runs one block's parameters
     share_layers: bool = field(default=False, metadata=technique("shared layers"))
     # ALBERT: tokens embedded in this width, projected up to model.dim (None: dim)
-    embed_dim: Optional[int] = field(default=None, metadata=technique("embed {}"))
+    embed_dim: Optional[int] = field(default=None, metadata=technique("embed {}") | at_least(1))
     # Reformer: reversible residual blocks, activations recomputed in the backward pass
     reversible: bool = field(default=False, metadata=technique("reversible"))
 
@@ -160,18 +215,18 @@ class EncoderConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    num_layers: int = MISSING
-    dim: int = MISSING
-    num_heads: int = MISSING
-    mlp_dim: int = MISSING
-    dropout: float = 0.1
+    num_layers: int = field(default=MISSING, metadata=at_least(1))
+    dim: int = field(default=MISSING, metadata=at_least(1))
+    num_heads: int = field(default=MISSING, metadata=at_least(1))
+    mlp_dim: int = field(default=MISSING, metadata=at_least(1))
+    dropout: float = field(default=0.1, metadata=SHARE)
     pooling: Pooling = Pooling.cls
     positions: Positions = Positions.sinusoidal
     # width attention works at (queries, keys, values; heads of qkv_dim / num_heads); None: dim. LRA's qkv_dim
-    qkv_dim: Optional[int] = None
+    qkv_dim: Optional[int] = field(default=None, metadata=at_least(1))
     init: Init = Init.torch  # parameter initialisation: torch's defaults, or the LRA repository's (flax)
     attention_bias: bool = True  # biases in the attention's q, k, v and output projections (LRA: none)
-    norm_eps: float = 1e-5  # epsilon of every LayerNorm of the encoder (LRA, flax: 1e-6)
+    norm_eps: float = field(default=1e-5, metadata=above(0))  # epsilon of every LayerNorm (LRA, flax: 1e-6)
     padding_mask: PaddingMask = PaddingMask.real  # which tokens are padding: the real ones, or LRA's id 0 too
     pool_padding: bool = False  # mean pooling over every position, padding included (LRA); False: real tokens
     dual_head: DualHead = DualHead.nli  # the two-tower head: [u, v, u * v, u - v], or LRA's [u, v] and two dense
@@ -194,11 +249,17 @@ class TaskConfig:
     min_fill: ClassVar[Optional[float]] = None
 
     name: str = MISSING
-    num_classes: int = MISSING
-    max_len: int = MISSING
+    num_classes: int = field(default=MISSING, metadata=at_least(2))
+    max_len: int = field(default=MISSING, metadata=at_least(1))
     # the max_len values `+sweep=lengths` trains at, comma-separated (e.g. "256,512,1024"); null: the
     # task has no length knob on this profile. The task's other lengths follow max_len in its YAML.
     lengths: Optional[str] = field(default=None, metadata=UNHASHED)
+
+    def check(self) -> None:
+        """LRAError naming the first `task.` key outside its range; a task whose keys must also fit
+        together (a length that is an image's pixels, say) adds those checks. Run before anything is
+        written by every lra-train run (lra.engine.training), and by the loaders of such tasks."""
+        check_ranges(OmegaConf.structured(self), "task.")
 
 
 @dataclass
@@ -209,30 +270,30 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    lr: float = MISSING
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    lr: float = field(default=MISSING, metadata=above(0))
+    weight_decay: float = field(default=0.0, metadata=at_least(0))
+    beta1: float = field(default=0.9, metadata=between(0, 1, high_open=True))
+    beta2: float = field(default=0.999, metadata=between(0, 1, high_open=True))
+    eps: float = field(default=1e-8, metadata=above(0))
     schedule: Schedule = Schedule.constant
-    warmup_steps: int = 0
-    grad_clip: Optional[float] = None
+    warmup_steps: int = field(default=0, metadata=at_least(0))
+    grad_clip: Optional[float] = field(default=None, metadata=above(0))  # the gradient norm clipped to; null: none
     # which parameters weight_decay shrinks: matrices (ndim >= 2) or all, decoupled and scaled by the lr either way
     decay: Decay = Decay.matrices
 
 
 @dataclass
 class TrainerConfig:
-    batch_size: int = MISSING
-    max_steps: int = MISSING
-    eval_every: int = MISSING
-    eval_batches: Optional[int] = None
-    checkpoint_every: int = MISSING
+    batch_size: int = field(default=MISSING, metadata=at_least(1))
+    max_steps: int = field(default=MISSING, metadata=at_least(1))
+    eval_every: int = field(default=MISSING, metadata=at_least(1))
+    eval_batches: Optional[int] = field(default=None, metadata=at_least(1))
+    checkpoint_every: int = field(default=MISSING, metadata=at_least(1))
     # micro-batches each step's batch_size examples are split into (each batch_size / accumulate)
-    accumulate: int = field(default=1, metadata=technique("accumulate {}"))
+    accumulate: int = field(default=1, metadata=technique("accumulate {}") | at_least(1))
     # the weights the test split is scored with: best (by validation accuracy) or last (the final ones)
     test_checkpoint: TestCheckpoint = TestCheckpoint.best
-    log_every: int = field(default=10, metadata=UNHASHED)
+    log_every: int = field(default=10, metadata=UNHASHED | at_least(1))
     progress: bool = field(default=True, metadata=UNHASHED)
 
 
@@ -243,14 +304,15 @@ class HardwareConfig:
     device: Device = Device.cpu
     precision: Precision = Precision.fp32
     compile: bool = False
-    threads: int = 0
-    num_workers: int = field(default=0, metadata=UNHASHED)
-    bench_batch_size: int = field(default=32, metadata=UNHASHED)
-    cpu_memory_cap_mb: Optional[float] = None  # CPU: live tensor bytes above this are out of memory
+    threads: int = field(default=0, metadata=at_least(0))  # torch's CPU threads; 0: torch's default
+    num_workers: int = field(default=0, metadata=UNHASHED | at_least(0))
+    bench_batch_size: int = field(default=32, metadata=UNHASHED | at_least(1))
+    # CPU: live tensor bytes above this are out of memory
+    cpu_memory_cap_mb: Optional[float] = field(default=None, metadata=above(0))
     # every batch's length rounded up to a multiple of this, never past task.max_len, so that a compiled
     # model sees few shapes; null: task.max_len when compile is true (one shape), else 1 (the longest).
     # Padding is masked, so it changes no result: not part of the config hash
-    pad_multiple: Optional[int] = field(default=None, metadata=UNHASHED)
+    pad_multiple: Optional[int] = field(default=None, metadata=UNHASHED | at_least(1))
     matmul_precision: MatmulPrecision = MatmulPrecision.highest  # fp32 matmuls: highest, high (TF32), medium
 
 
@@ -272,8 +334,9 @@ class ProtocolConfig:
 class DistillConfig:
     # a finished lra-train run directory of the same task: the model it tested teaches
     teacher: Optional[str] = field(default=None, metadata=technique("distilled"))
-    temperature: float = 2.0
-    alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
+    temperature: float = field(default=2.0, metadata=above(0))
+    # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
+    alpha: float = field(default=0.5, metadata=between(0, 1))
 
 
 @dataclass
@@ -287,7 +350,7 @@ class RunConfig:
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     # run again even if the run directory holds this config's finished records
     force: bool = field(default=False, metadata=UNHASHED)
 
@@ -299,12 +362,12 @@ class TrainConfig(RunConfig):
 
 @dataclass
 class BenchSettings:
-    seq_lens: list[int] = MISSING
+    seq_lens: list[int] = field(default=MISSING, metadata=at_least(1))
     modes: list[BenchMode] = MISSING
-    batch_size: int = MISSING
-    min_run_time: float = MISSING
+    batch_size: int = field(default=MISSING, metadata=at_least(1))
+    min_run_time: float = field(default=MISSING, metadata=above(0))
     find_max_batch: bool = False
-    max_batch: int = MISSING
+    max_batch: int = field(default=MISSING, metadata=at_least(1))
     padding: BenchPadding = BenchPadding.task
     progress: bool = field(default=True, metadata=UNHASHED)
 
@@ -322,11 +385,11 @@ class CompressConfig:
 
     run: str = MISSING
     quantize: bool = True
-    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
-    finetune_steps: int = 50
-    finetune_lr: float = 1e-4
-    batch_size: int = 32
-    min_run_time: float = 1.0
+    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9], metadata=SHARE)
+    finetune_steps: int = field(default=50, metadata=at_least(0))
+    finetune_lr: float = field(default=1e-4, metadata=above(0))
+    batch_size: int = field(default=32, metadata=at_least(1))
+    min_run_time: float = field(default=1.0, metadata=above(0))
     progress: bool = field(default=True, metadata=UNHASHED)
     force: bool = field(default=False, metadata=UNHASHED)
 
@@ -371,6 +434,51 @@ def schema_fields(schema: type, prefix: str = "") -> Iterator[tuple[str, datacla
 def hashed(item: dataclasses.Field) -> bool:
     """Whether a field is part of the config hash (all are, but those marked `UNHASHED`)."""
     return item.metadata.get("hashed", True)
+
+
+def field_range(schema: type, name: str) -> Optional[Range]:
+    """The range of field `name` of the dataclass `schema`: its own, or where a subclass gives the
+    field a new default alone, the range of the base class that declared it."""
+    for base in schema.__mro__:
+        item = getattr(base, "__dataclass_fields__", {}).get(name)
+        if item is not None and "range" in item.metadata:
+            return item.metadata["range"]
+    return None
+
+
+@functools.cache
+def ranged_fields(schema: type) -> tuple[tuple[str, Range, bool], ...]:
+    """(name, range, whether it may be null) of each field of the dataclass `schema` with a range."""
+    hints = typing.get_type_hints(schema)
+    found = ((item.name, field_range(schema, item.name), hints[item.name]) for item in dataclasses.fields(schema))
+    return tuple((name, bounds, type(None) in typing.get_args(kind)) for name, bounds, kind in found
+                 if bounds is not None)
+
+
+def check_values(schema: type, values: Mapping[str, Any], key: Callable[[str], str] = str) -> None:
+    """LRAError naming, as `key(field)`, the first of `values` (by field name) outside the range of
+    its field in the dataclass `schema`; a field without a range, or without a value, passes."""
+    for name, bounds, nullable in ranged_fields(schema):
+        if name in values:
+            bounds.check(key(name), values[name], nullable)
+
+
+def check_ranges(node: DictConfig, prefix: str = "") -> None:
+    """LRAError naming the full key (`prefix` + its path) of the first value under `node` outside
+    its field's range. Each node's dataclass is the one OmegaConf typed it with, so the fields of a
+    variant's or a task's own schema are checked too; a missing value (`???`) is left to whatever
+    needs it."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        values = {name: node[name] for name, _, _ in ranged_fields(schema)
+                  if name in node and not OmegaConf.is_missing(node, name)}
+        check_values(schema, values, lambda name: prefix + name)
+    for name in node:
+        if OmegaConf.is_interpolation(node, name) or OmegaConf.is_missing(node, name):
+            continue
+        child = node[name]
+        if isinstance(child, DictConfig):
+            check_ranges(child, f"{prefix}{name}.")
 
 
 ENTRY_SCHEMAS = (TrainConfig, BenchConfig, CompressConfig)  # what the runs that write records compose

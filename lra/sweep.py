@@ -4,6 +4,9 @@ A Hydra callback, configured under `hydra.callbacks.sweep` (conf/hydra/callbacks
 runs in the process that launched the sweep, whatever the launcher. The jobs of this sweep are
 the job directories Hydra wrote into after it started (a rerun of a sweep reuses finished jobs,
 which still count); the report covers every record under the sweep directory.
+
+Hydra calls no callback when Ctrl-C ends a sweep, so the callback remembers the sweep under way,
+and lra.cli prints its summary line (`interrupted_sweep`): the report is left for the rerun.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ STARTED = ".sweep-started"  # touched in the sweep directory when a sweep starts
 
 @dataclass
 class Job:
-    """One job directory of a sweep: its records, and whether they were written by an earlier run."""
+    """One job directory of a sweep: its records, whether they were written by an earlier run, and
+    why its records file could not be read (a foreign or damaged one), if it could not."""
 
     path: Path
     records: list[dict[str, Any]]
     reused: bool
+    unreadable: str | None = None
 
 
 def sweep_jobs(sweep: Path) -> list[Job]:
@@ -43,30 +48,50 @@ def sweep_jobs(sweep: Path) -> list[Job]:
             continue  # a job of an earlier sweep into the same directory
         path = config.parent.parent
         records_file = path / RECORDS_FILE
-        records = read_records(records_file) if records_file.exists() else []
         reused = records_file.exists() and records_file.stat().st_mtime < started
-        jobs.append(Job(path, records, reused))
+        try:
+            jobs.append(Job(path, read_records(records_file) if records_file.exists() else [], reused))
+        except LRAError as error:
+            jobs.append(Job(path, [], reused, unreadable=str(error)))
     return jobs
 
 
-def summary(prog: str, jobs: list[Job]) -> tuple[str, bool]:
+def summary(prog: str, jobs: list[Job], interrupted: bool = False) -> tuple[str, bool]:
     """One line counting the sweep's records by status, and whether the sweep failed (a `failed`
-    record, or a job that wrote none)."""
+    record, a job that wrote none, or one whose records cannot be read). Of a sweep `interrupted`, the
+    jobs without records are those it interrupted."""
     counts = Counter(record["status"] for job in jobs for record in job.records)
-    silent = sum(1 for job in jobs if not job.records)
+    unreadable = [job.unreadable for job in jobs if job.unreadable]
+    silent = sum(1 for job in jobs if not job.records and not job.unreadable)
     reused = sum(1 for job in jobs if job.reused)
     parts = [f"{counts[status]} {status}" for status in STATUSES]
-    line = f"{prog}: sweep of {len(jobs)} jobs, {counts.total()} records: {', '.join(parts)}"
+    sweep = f"sweep interrupted, {len(jobs)} jobs started" if interrupted else f"sweep of {len(jobs)} jobs"
+    line = f"{prog}: {sweep}, {counts.total()} records: {', '.join(parts)}"
     if reused:
         line += f"; {reused} jobs finished before, not rerun"
     if silent:
-        line += f"; {silent} jobs wrote no records"
-    return line, bool(counts["failed"] or silent)
+        line += f"; {silent} jobs {'interrupted' if interrupted else 'wrote no records'}"
+    if unreadable:
+        line += f"; {len(unreadable)} jobs' records unreadable, e.g. {unreadable[0]}"
+    return line, bool(counts["failed"] or silent or unreadable)
+
+
+def interrupted_sweep(prog: str) -> str | None:
+    """After Ctrl-C: print the summary line of the sweep under way in this process, and return the
+    line that says how to resume it; None when no sweep is under way."""
+    sweep, SweepEnd.running = SweepEnd.running, None
+    if sweep is None:
+        return None
+    print(summary(prog, sweep_jobs(sweep), interrupted=True)[0])
+    return (f"interrupted; rerun the same command with hydra.sweep.dir={sweep} to resume the sweep: "
+            "finished jobs are skipped, unfinished ones resume")
 
 
 class SweepEnd(Callback):
     """Marks a sweep's start; at its end writes the report (unless report=false) into `out`
     (default: the sweep directory), prints the summary line, and exits 1 if a job failed."""
+
+    running: Path | None = None  # the directory of the sweep under way in this process
 
     def __init__(self, prog: str, report: bool = True, out: str | None = None, reference: str | None = None) -> None:
         self.prog, self.report, self.out, self.reference = prog, report, out, reference
@@ -75,9 +100,10 @@ class SweepEnd(Callback):
         sweep = Path(config.hydra.sweep.dir)
         sweep.mkdir(parents=True, exist_ok=True)
         (sweep / STARTED).touch()
+        SweepEnd.running = sweep
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
+        sweep, SweepEnd.running = Path(config.hydra.sweep.dir), None
         if self.report:
             self.write_report(sweep)
         line, failed = summary(self.prog, sweep_jobs(sweep))

@@ -34,6 +34,9 @@ class WorkerError(Exception):
 
 
 def _serve(conn: Any, fn: Callable[..., Any], args: tuple) -> None:
+    # Ctrl-C reaches every process of the terminal's command; the parent answers it (in one line), and
+    # this worker, a daemon, ends with it rather than print a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         conn.send(("ok", fn(*args)))
     except Exception as error:  # reported to the parent, which decides what it means

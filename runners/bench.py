@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lra.cli import reported, run
+from lra.cli import records_kept, reported, resumable, run
 from lra.config import CONF_DIR, BenchMode, Precision
 from lra.engine.benchmark import Outcome, check_bench_config, measure_point, with_flops
 from lra.engine.device import DTYPES, configured_device, environment, setup_device
@@ -94,7 +94,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode is RunMode.MULTIRUN
-    with reported(PROG):
+    with reported(PROG), resumable(lambda: records_kept(run_dir)):
         records = run_job(
             cfg, run_dir, expected=len(points(cfg)), work=lambda previous: bench(cfg, run_dir, previous),
             failure=lambda status, error: failed_records(cfg, status, error), isolate=sweep,

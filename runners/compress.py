@@ -18,12 +18,11 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lra.cli import USER_ERRORS, describe, reported, run
+from lra.cli import USER_ERRORS, describe, records_kept, reported, resumable, run
 from lra.config import CONF_DIR
 from lra.engine.benchmark import Outcome
 from lra.engine.compression import CPU, check_settings, compressed_layers, compressions, job_config, outcome
@@ -74,14 +73,12 @@ def failed_records(cfg: DictConfig, status: str, error: str) -> list[dict[str, A
     return [compress_record(cfg, compression, Outcome(status, {}, error), 0.0) for compression in compressions(cfg)]
 
 
-class CheckRun(Callback):
-    """A single run's input checked before Hydra creates its directory (by default inside `run`):
-    bad settings, or a `run` that is not a finished lra-train run, end in one line, nothing written."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with reported(PROG):  # exits (SystemExit): Hydra turns an Exception from a callback into a warning
-            check_settings(config)
-            trained_record(Path(config.run), "run")
+def check_input(settings: DictConfig) -> None:
+    """A single run's input, checked before Hydra creates its directory (by default inside `run`;
+    conf/hydra/callbacks/checked.yaml): bad settings, or a `run` that is not a finished lra-train run,
+    end in one line, nothing written."""
+    check_settings(settings)
+    trained_record(Path(settings.run), "run")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="compress", version_base="1.3")
@@ -92,7 +89,7 @@ def main(settings: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode is RunMode.MULTIRUN
-    with reported(PROG):
+    with reported(PROG), resumable(lambda: records_kept(out)):
         try:
             cfg = job_config(settings)
         except USER_ERRORS as error:

@@ -5,7 +5,8 @@ and check ListOps files (generated or from the release).
     lra-data pathfinder --out data/pathfinder32 [--resolution 32 --difficulty hard --count N --seed S ...]
     lra-data check-listops data/listops-1000/basic_test.tsv [FILE ...]
 
-Bad input ends in one line, `lra-data: error: ...`, and exit code 2.
+Bad input, or a file system that refuses (no permission, a full disk, `--out` naming a file), ends in
+one line, `lra-data: error: ...` naming the path, and exit code 2; Ctrl-C in one line and exit status 130.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
 
-from lra.errors import LRAError
+from lra.cli import CommandParser, run_command
+from lra.config import Range, check_values
 from tasks import listops, pathfinder, pathfinder_draw
 
 PROG = "lra-data"
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are the single line `lra-data: error: ...` (exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: error: {message}\n")
+def _option(setting: str) -> str:
+    """The option of a setting: --min-len for min_len."""
+    return f"--{setting.replace('_', '-')}"
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +40,7 @@ def _add_listops(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True,
                         help="directory for basic_{train,val,test}.tsv and generator.json")
     for setting in fields(listops.ListOpsSettings):
-        parser.add_argument(f"--{setting.name.replace('_', '-')}", type=int, default=setting.default,
+        parser.add_argument(_option(setting.name), type=int, default=setting.default,
                             help=setting.metadata["help"])
     _add_progress(parser)
     parser.set_defaults(run=_run_listops)
@@ -50,6 +49,7 @@ def _add_listops(commands: argparse._SubParsersAction) -> None:
 def _run_listops(args: argparse.Namespace) -> str:
     """Write the ListOps release; return the line that says what was written where."""
     settings = {setting.name: getattr(args, setting.name) for setting in fields(listops.ListOpsSettings)}
+    listops.check_settings(settings, _option)
     listops.write_release(args.out, **settings, progress=args.progress)
     files = ", ".join([*listops.SPLIT_FILES.values(), listops.SETTINGS_FILE])
     return (f"wrote ListOps {args.train}/{args.val}/{args.test} train/val/test examples "
@@ -100,6 +100,8 @@ def _add_pathfinder(commands: argparse._SubParsersAction) -> None:
 
 def _run_pathfinder(args: argparse.Namespace) -> str:
     """Write the Pathfinder images; return the line that says what was written where."""
+    check_values(pathfinder.PathfinderGenerate, {"count": args.count, "seed": args.seed}, _option)
+    Range(1).check("--workers", args.workers)  # None (the option left out): one per CPU
     folder = pathfinder_draw.write_release(args.out, resolution=args.resolution, difficulty=args.difficulty,
                                            count=args.count, seed=args.seed, workers=args.workers,
                                            progress=args.progress)
@@ -111,7 +113,7 @@ def _run_pathfinder(args: argparse.Namespace) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The `lra-data` parser with a subcommand per dataset and one that checks ListOps files; each
     subcommand sets `run` (its arguments -> the summary line)."""
-    parser = _Parser(prog=PROG, description="Generate data in the layout of the LRA release, or check it.")
+    parser = CommandParser(prog=PROG, description="Generate data in the layout of the LRA release, or check it.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in (_add_listops, _add_check_listops, _add_pathfinder):
         add(commands)
@@ -120,13 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> None:
     """Entry point of `lra-data` (and `python -m runners.data`)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = args.run(args)
-    except LRAError as err:
-        parser.error(str(err))
-    print(summary)
+    args = build_parser().parse_args(argv)
+    out = getattr(args, "out", None)
+    then = f"nothing half-written is kept in {out}" if out else "nothing was written"
+    print(run_command(args, PROG, out, f"interrupted; {then}; rerun the same command to go on"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lra.cli import reported, run
+from lra.cli import Interrupted, reported, run
 from lra.config import CONF_DIR
 from lra.report import load_records, write_report
 
@@ -20,7 +20,11 @@ PROG = "lra-report"
 @hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with reported(PROG):
-        paths = write_report(load_records(Path(cfg.runs)), Path(cfg.out), cfg.reference)
+        try:
+            paths = write_report(load_records(Path(cfg.runs)), Path(cfg.out), cfg.reference)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; each file under {cfg.out} is whole, but some may be an older "
+                              "report's; rerun the same command to write it") from None
     print(paths["leaderboard.md"].read_text())
     print(f"wrote {len(paths)} files under {cfg.out}: " + ", ".join(paths))
 

@@ -6,7 +6,8 @@ accuracy, test it (or the final weights: trainer.test_checkpoint), and write the
 
 Rerunning the same command in the same run directory (hydra.run.dir) resumes from the last
 checkpoint: model, optimizer, scheduler, RNG, step, and so the data order, are restored; a run
-whose record is already there is skipped (lra.jobs).
+whose record is already there is skipped (lra.jobs). Ctrl-C stops a run after the step under way,
+saved (lra.engine.loop), with one line naming the command that resumes it, and exit status 130.
 
 Under torchrun (`torchrun --nproc_per_node=N -m runners.train ...`) the processes train one model
 data-parallel (lra.distributed): each step's batch is dealt out over them, gradients, losses,
@@ -27,14 +28,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lra import checkpoint, distributed
-from lra.cli import reported, run
+from lra.cli import reported, resumable, run
 from lra.config import CONF_DIR
+from lra.engine.resume import LAST
 from lra.engine.training import TENSORBOARD, failed_record, train
 from lra.jobs import run_job
 from lra.records import write_records
 
 PROG = "lra-train"
 log = logging.getLogger("lra.train")
+
+
+def checkpoint_kept(run_dir: Path) -> str:
+    """What a run interrupted outside its training loop (which says so itself) keeps: its last checkpoint."""
+    last = run_dir / LAST
+    return f"interrupted; the last checkpoint is in {last.parent}" if last.exists() else "interrupted before training"
 
 
 def train_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -59,7 +67,7 @@ def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     if not distributed.is_main():
         logging.getLogger("lra").setLevel(logging.WARNING)  # rank 0 tells the story
-    with reported(PROG):
+    with reported(PROG), resumable(lambda: checkpoint_kept(run_dir)):
         [record] = run_job(
             cfg, run_dir, expected=1, work=lambda previous: [train_run(cfg, run_dir)],
             failure=lambda status, error: [failed_record(cfg, status, error, time.perf_counter() - started)],

@@ -8,6 +8,10 @@ then the labels, in a single record batch. A tower's token ids and offsets are t
 buffers of the mapped file, which numpy views in place: a cached load copies and decodes nothing,
 and does not import datasets.
 
+Where data.root is not writable (a read-only release), the entries go under its stand-in in the
+user's cache instead, and where that is not writable either, nowhere: each load builds the splits
+in memory (lra.files.data_home).
+
 The fingerprint holds every setting that changes the arrays and a fingerprint (path, size,
 modification time) of each source file, so a changed setting or a replaced file makes a new entry,
 never a stale read. It holds the code's version too. datasets' own fingerprint of a function
@@ -18,13 +22,17 @@ this package it draws on, at any depth (retrieval tokenises with text's code), a
 that store and read the arrays (cache, batching, sources). A changed tokeniser or array format
 makes a new entry; unchanged code hits the old one, whatever else changed in the checkout. An entry
 is written under a temporary name and renamed into place whole, so a crash leaves no half-written
-entry, and parallel jobs that build the same entry keep whichever lands first.
+entry, and parallel jobs that build the same entry keep whichever lands first; the temporaries of
+builds that were killed are removed when the cache is next opened. An entry found damaged later (a
+file truncated, overwritten or gone: each split is checked against the rows written, cheaply) is
+built again, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -35,6 +43,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from lra.errors import one_line
+from lra.files import data_home, naming, remove_stale_temporaries, temporary_name, user_cache
 from tasks.batching import Ragged, SequenceDataset
 
 CACHE_DIR = ".cache"
@@ -42,6 +52,8 @@ SUFFIX = ".arrow"
 LABELS = "label"
 PACKAGE = "tasks"  # the modules whose code can make the arrays
 STORAGE = ("tasks.cache", "tasks.batching", "tasks.sources")  # the modules that write and read them
+ROWS = "rows.json"  # in an entry: the rows of each split, as written
+log = logging.getLogger("tasks.cache")
 
 
 def fingerprint(paths: Iterable[Path]) -> list[list[Any]]:
@@ -85,7 +97,8 @@ def _write(path: Path, table: pa.Table, fingerprint: str) -> None:
     """Write a table as datasets writes its cache files, in one record batch (one flat buffer per array)."""
     from datasets.arrow_writer import ArrowWriter  # noqa: PLC0415  (only a cache miss needs datasets)
 
-    with ArrowWriter(path=str(path), fingerprint=fingerprint, writer_batch_size=max(table.num_rows, 1)) as writer:
+    with naming(path), ArrowWriter(path=str(path), fingerprint=fingerprint,
+                                   writer_batch_size=max(table.num_rows, 1)) as writer:
         writer.write_table(table)
         writer.finalize()
 
@@ -101,32 +114,84 @@ def _ragged(column: pa.ChunkedArray) -> Ragged:
     return Ragged(lists.values.to_numpy(), lists.offsets.to_numpy())
 
 
-def _read(path: Path) -> SequenceDataset:
-    """A split from its memory-mapped Arrow file, nothing copied."""
+def _read(path: Path, rows: int) -> SequenceDataset:
+    """A split from its memory-mapped Arrow file, nothing copied; ValueError (pyarrow's ArrowInvalid is
+    one) or OSError unless the file holds the whole split: `rows` rows of token-id lists, then labels."""
     table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
-    towers = tuple(_ragged(column) for name, column in zip(table.column_names, table.columns) if name != LABELS)
-    return SequenceDataset(towers, _flat(table.column(LABELS)).to_numpy())
+    *towers, labels = table.schema
+    if labels.name != LABELS or not all(pa.types.is_large_list(tower.type) for tower in towers):
+        raise ValueError(f"{path.name}: columns {', '.join(table.column_names)}, not token-id lists and labels")
+    if table.num_rows != rows:
+        raise ValueError(f"{path.name}: {table.num_rows} of the {rows} rows written")
+    table.validate()  # the buffers' sizes against the lengths: no scan of the data
+    return SequenceDataset(tuple(_ragged(table.column(tower.name)) for tower in towers),
+                           _flat(table.column(LABELS)).to_numpy())
+
+
+def _open(directory: Path) -> dict[str, SequenceDataset]:
+    """The splits of the entry `directory`, each checked against the rows written (see `_read`)."""
+    rows = json.loads((directory / ROWS).read_text())
+    if not isinstance(rows, dict) or not all(isinstance(count, int) for count in rows.values()):
+        raise ValueError(f"{ROWS}: not the rows of each split")
+    return {split: _read(directory / f"{split}{SUFFIX}", count) for split, count in rows.items()}
+
+
+def _cached(directory: Path) -> dict[str, SequenceDataset] | None:
+    """The splits of the entry `directory`; None to build them: when there is no entry, or when it is
+    damaged, which is then removed, with a warning naming it."""
+    if not directory.is_dir():
+        return None
+    try:
+        return _open(directory)
+    except (OSError, ValueError, pa.ArrowException) as error:  # truncated, overwritten, a file gone
+        log.warning("cache entry %s is damaged (%s); building it again", directory, one_line(str(error)))
+    _discard(directory)
+    return None
+
+
+def _discard(directory: Path) -> None:
+    """Remove a damaged entry, renamed out of the way first, so that no reader meets it half removed."""
+    damaged = directory.with_name(temporary_name(directory.name, "damaged"))
+    shutil.rmtree(damaged, ignore_errors=True)  # left by a killed process that had this process id
+    try:
+        os.replace(directory, damaged)
+    except FileNotFoundError:  # a parallel job moved it first
+        return
+    shutil.rmtree(damaged, ignore_errors=True)
+
+
+def _store(directory: Path, splits: dict[str, SequenceDataset], digest: str) -> None:
+    """Write the entry `directory` under a temporary name, then rename it into place whole; an entry
+    of a parallel job that lands first is kept."""
+    temp = directory.with_name(temporary_name(directory.name))
+    temp.mkdir(parents=True, exist_ok=True)
+    try:
+        for split, dataset in splits.items():
+            _write(temp / f"{split}{SUFFIX}", _table(dataset), digest)
+        (temp / ROWS).write_text(json.dumps({split: len(dataset) for split, dataset in splits.items()}))
+        os.replace(temp, directory)
+    except OSError:
+        if not directory.is_dir():  # not a parallel job's entry landing first
+            raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def cached_splits(
     root: Path, task: str, key: dict[str, Any], build: Callable[[], dict[str, SequenceDataset]]
 ) -> dict[str, SequenceDataset]:
     """The splits `build` makes for `key`, from the cache when an entry for the key and the code's
-    version exists."""
+    version exists; built afresh, and not cached, where neither data.root nor its stand-in is writable."""
+    home = data_home(Path(root))
+    if home is None:
+        log.warning("%s: not writable, nor is %s: %s splits built in memory, not cached", root, user_cache(), task)
+        return build()
     entry = {"settings": key, "code": code_version(build)}
     digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
-    directory = Path(root) / CACHE_DIR / f"{task}-{digest}"
-    if not directory.is_dir():
-        splits = build()
-        temp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-        temp.mkdir(parents=True, exist_ok=True)
-        try:
-            for split, dataset in splits.items():
-                _write(temp / f"{split}{SUFFIX}", _table(dataset), digest)
-            os.replace(temp, directory)
-        except OSError:
-            if not directory.is_dir():  # not a parallel job's entry landing first
-                raise
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-    return {path.stem: _read(path) for path in sorted(directory.glob(f"*{SUFFIX}"))}
+    directory = home / CACHE_DIR / f"{task}-{digest}"
+    remove_stale_temporaries(directory.parent)  # of builds that were killed
+    splits = _cached(directory)
+    if splits is None:
+        _store(directory, build(), digest)
+        splits = _open(directory)  # mapped, as a later run's
+    return splits

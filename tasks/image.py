@@ -11,14 +11,14 @@ tf.image.rgb_to_grayscale.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from lra.config import TaskConfig
+from lra.config import TaskConfig, between
 from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData, split_off
@@ -38,7 +38,14 @@ class ImageConfig(TaskConfig):
     max_len: int = SIDE * SIDE
     dir: str = "cifar10"
     hub: str = "uoft-cs/cifar10"
-    val_fraction: float = 0.1  # the tail of the training set held out for validation (LRA: train[90%:])
+    # the tail of the training set held out for validation (LRA: train[90%:])
+    val_fraction: float = field(default=0.1, metadata=between(0, 1, low_open=True, high_open=True))
+
+    def check(self) -> None:
+        """The ranges of the task's keys, and max_len an image's pixels."""
+        super().check()
+        if self.max_len != SIDE * SIDE:
+            raise LRAError(f"task.max_len: an image is {SIDE * SIDE} pixel tokens, got {self.max_len}")
 
 
 def grayscale_pixels(png: bytes, where: str) -> np.ndarray:
@@ -70,10 +77,7 @@ def read_images(files: list[Path], num_classes: int, progress: bool) -> Sequence
 
 @register_task(ImageConfig)
 def load(config: ImageConfig, root: Path, generate: bool, progress: bool) -> TaskData:
-    if config.max_len != SIDE * SIDE:
-        raise LRAError(f"task.max_len: an image is {SIDE * SIDE} pixel tokens, got {config.max_len}")
-    if not 0 < config.val_fraction < 1:
-        raise LRAError(f"task.val_fraction: must lie strictly between 0 and 1, got {config.val_fraction}")
+    config.check()
     files = table_sources(root / config.dir, config.hub, ("train", "test"), what="CIFAR-10 images (task=image)")
     key = {"num_classes": config.num_classes, "val_fraction": config.val_fraction,
            "files": {split: fingerprint(paths) for split, paths in files.items()}}

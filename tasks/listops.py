@@ -15,7 +15,7 @@ import json
 import os
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import filterfalse
@@ -25,8 +25,9 @@ from typing import TextIO, TypeVar, Union
 import numpy as np
 from tqdm import tqdm
 
-from lra.config import TaskConfig
+from lra.config import SEED, TaskConfig, at_least, check_values
 from lra.errors import LRAError
+from lra.files import remove_stale_temporaries, temporary_name
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
 from tasks.cache import cached_splits, fingerprint
@@ -45,17 +46,19 @@ HEADER = ("Source", "Target")
 @dataclass
 class ListOpsSettings:
     """Generator settings; the defaults are those of LRA's generator flags (LRA drew unseeded). Each
-    field's `help` metadata is its `lra-data listops` option's help."""
+    field's `help` metadata is its `lra-data listops` option's help; its range, that of its option
+    and of its key under task.generate (every split needs a row: the reader rejects a file without one)."""
 
-    train: int = field(default=96000, metadata={"help": "training examples"})
-    val: int = field(default=2000, metadata={"help": "validation examples"})
-    test: int = field(default=2000, metadata={"help": "test examples"})
+    train: int = field(default=96000, metadata={"help": "training examples"} | at_least(1))
+    val: int = field(default=2000, metadata={"help": "validation examples"} | at_least(1))
+    test: int = field(default=2000, metadata={"help": "test examples"} | at_least(1))
     # lengths count tokens without parentheses, strictly between min_len and max_len
-    min_len: int = field(default=500, metadata={"help": "lengths (tokens without parentheses) are > min-len"})
-    max_len: int = field(default=2000, metadata={"help": "lengths are < max-len"})
-    max_depth: int = field(default=10, metadata={"help": "deepest nesting of operators"})
-    max_args: int = field(default=10, metadata={"help": "most arguments of one operator"})
-    seed: int = field(default=0, metadata={"help": "seed of the generator"})
+    min_len: int = field(default=500,
+                         metadata={"help": "lengths (tokens without parentheses) are > min-len"} | at_least(0))
+    max_len: int = field(default=2000, metadata={"help": "lengths are < max-len (at least min-len + 2)"} | at_least(2))
+    max_depth: int = field(default=10, metadata={"help": "deepest nesting of operators"} | at_least(1))
+    max_args: int = field(default=10, metadata={"help": "most arguments of one operator"} | at_least(2))
+    seed: int = field(default=0, metadata={"help": "seed of the generator"} | SEED)
 
 
 # Chance that a node above max_depth is an operator rather than a digit (LRA's VALUE_P).
@@ -168,27 +171,22 @@ def _distinct_trees(*, max_len: int, max_depth: int, max_args: int, enough: int)
     return trees
 
 
-def _check_settings(*, train: int, val: int, test: int, min_len: int, max_len: int,
-                    max_depth: int, max_args: int) -> None:
-    """Rejects settings the generator cannot satisfy, where it would otherwise loop forever.
-
-    Every split needs a row because the reader rejects a file without one.
-    """
-    for name, value, least in (("train", train, 1), ("val", val, 1), ("test", test, 1),
-                               ("min_len", min_len, 0), ("max_depth", max_depth, 1),
-                               ("max_args", max_args, 2)):
-        if value < least:
-            raise LRAError(f"{name} must be >= {least}, got {value}")
+def check_settings(settings: Mapping[str, int], key: Callable[[str], str] = str) -> None:
+    """Reject generator settings (ListOpsSettings' fields) out of their range, or that the generator
+    cannot satisfy, where it would otherwise loop forever: LRAError naming each setting as `key(name)`
+    (its config key, or its `lra-data listops` option)."""
+    check_values(ListOpsSettings, settings, key)
+    min_len, max_len, max_depth, max_args = (settings[name] for name in ("min_len", "max_len", "max_depth", "max_args"))
     if max_len < min_len + 2:
-        raise LRAError(f"no length lies strictly between min_len={min_len} and max_len={max_len}; "
-                       "max_len must be >= min_len + 2")
-    total = train + val + test
+        raise LRAError(f"{key('max_len')}={max_len}: must be at least {key('min_len')}={min_len} + 2, "
+                       "so that a length lies strictly between them")
+    total = sum(settings[split] for split in SPLITS)
     counts = _distinct_trees(max_len=max_len, max_depth=max_depth, max_args=max_args, enough=total)
     available = int(counts[min_len + 1:].sum())
     if available < total:
-        raise LRAError(f"only {available} distinct trees have min_len={min_len} < length < "
-                       f"max_len={max_len} with max_depth={max_depth}, max_args={max_args}; "
-                       f"{total} requested")
+        raise LRAError(f"only {available} distinct trees have {key('min_len')}={min_len} < length < "
+                       f"{key('max_len')}={max_len} with {key('max_depth')}={max_depth}, "
+                       f"{key('max_args')}={max_args}; {total} requested ({' + '.join(map(key, SPLITS))})")
 
 
 def generate_split_rows(*, train: int, val: int, test: int, min_len: int, max_len: int,
@@ -199,8 +197,8 @@ def generate_split_rows(*, train: int, val: int, test: int, min_len: int, max_le
     Examples keep first-seen order and are cut into train, val, test in that order, so splits
     never share an example and one seed always gives the same rows.
     """
-    _check_settings(train=train, val=val, test=test, min_len=min_len, max_len=max_len,
-                    max_depth=max_depth, max_args=max_args)
+    check_settings({"train": train, "val": val, "test": test, "min_len": min_len, "max_len": max_len,
+                    "max_depth": max_depth, "max_args": max_args, "seed": seed})
     total = train + val + test
     sampler = _Sampler(random.Random(seed), min_len=min_len, max_len=max_len,
                        max_depth=max_depth, max_args=max_args)
@@ -233,13 +231,15 @@ def write_release(out_dir: Path, *, train: int, val: int, test: int, min_len: in
     generator.json holds the settings, telling generated data from the release and stale data
     from current. Each file is written under a temporary name and renamed into place, the old
     generator.json removed first and the new one renamed last: a failure leaves no partial file
-    and generator.json never describes files other than those beside it.
+    and generator.json never describes files other than those beside it. What a killed
+    generation left there (its writer's temporary files) is removed first.
     """
     settings = {"train": train, "val": val, "test": test, "min_len": min_len, "max_len": max_len,
                 "max_depth": max_depth, "max_args": max_args, "seed": seed}
     rows = generate_split_rows(**settings, progress=progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     contents: list[tuple[str, Callable[[TextIO], object]]] = [
         (SPLIT_FILES[split], partial(_write_tsv, rows=rows[split])) for split in SPLITS
     ]
@@ -248,7 +248,7 @@ def write_release(out_dir: Path, *, train: int, val: int, test: int, min_len: in
     staged: list[tuple[Path, Path]] = []
     try:
         for name, write in contents:
-            temp = out_dir / f".{name}.{os.getpid()}.tmp"
+            temp = out_dir / temporary_name(name)
             staged.append((temp, out_dir / name))
             with temp.open("w", encoding="utf-8", newline="") as f:
                 write(f)
@@ -400,11 +400,18 @@ class ListOpsConfig(TaskConfig):
     dir: str = "listops-1000"
     generate: ListOpsSettings = field(default_factory=ListOpsSettings)
 
+    def check(self) -> None:
+        """The ranges of the task's keys, and generator settings the generator can satisfy."""
+        super().check()
+        check_settings(asdict(self.generate), lambda name: f"task.generate.{name}")
+
 
 @register_task(ListOpsConfig)
 def load(config: ListOpsConfig, root: Path, generate: bool, progress: bool) -> TaskData:
-    """The three splits under root/config.dir, generated first when missing and allowed."""
+    """The three splits under root/config.dir, generated first when missing and allowed (and what a
+    killed generation left there removed)."""
     directory = root / config.dir
+    remove_stale_temporaries(directory)
     settings = asdict(config.generate)
     files = [directory / SPLIT_FILES[split] for split in SPLITS]
     if not all(path.exists() for path in files):

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from lra.config import Choice, TaskConfig
+from lra.config import SEED, Choice, TaskConfig, at_least
 from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
@@ -43,8 +43,8 @@ class Difficulty(Choice):
 class PathfinderGenerate:
     """What `lra-data pathfinder` draws when the directory is missing."""
 
-    count: int = 200_000  # images; the LRA release has 200k per difficulty
-    seed: int = 0
+    count: int = field(default=200_000, metadata=at_least(2))  # images, one of each label at least; LRA: 200k
+    seed: int = field(default=0, metadata=SEED)
 
 
 @dataclass
@@ -58,6 +58,17 @@ class PathfinderConfig(TaskConfig):
     difficulty: Difficulty = Difficulty.hard
     dir: str = "pathfinder32"
     generate: PathfinderGenerate = field(default_factory=PathfinderGenerate)
+
+    def check(self) -> None:
+        """The ranges of the task's keys, a resolution drawn at, and max_len its pixels."""
+        super().check()
+        if self.resolution not in RESOLUTIONS:
+            raise LRAError(f"task.resolution={self.resolution}: must be one of {', '.join(map(str, RESOLUTIONS))}, "
+                           f"with task.max_len={self.max_len} its square (pixel tokens): "
+                           f"{', '.join(str(side**2) for side in RESOLUTIONS)}")
+        if self.max_len != self.resolution**2:
+            raise LRAError(f"task.max_len={self.max_len}: a {self.resolution}x{self.resolution} image "
+                           f"(task.resolution={self.resolution}) is {self.resolution**2} pixel tokens")
 
 
 @dataclass
@@ -132,11 +143,7 @@ def read_images(metadata: list[Path], resolution: int, progress: bool) -> dict[s
 
 def load(config: PathfinderConfig, root: Path, generate: bool, progress: bool) -> TaskData:
     """Pathfinder at config.resolution from root/config.dir, generated first when missing and allowed."""
-    if config.resolution not in RESOLUTIONS:
-        raise LRAError(f"task.resolution: {config.resolution} is not one of {', '.join(map(str, RESOLUTIONS))}")
-    if config.max_len != config.resolution**2:
-        raise LRAError(f"task.max_len: a {config.resolution}x{config.resolution} image is "
-                       f"{config.resolution**2} pixel tokens, got {config.max_len}")
+    config.check()
     difficulty = Difficulty(config.difficulty).value
     folder = root / config.dir / DIFFICULTIES[difficulty][0]
     settings = {"resolution": config.resolution, "difficulty": difficulty, **asdict(config.generate)}

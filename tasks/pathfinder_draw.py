@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import Pool
@@ -36,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lra.errors import LRAError
+from lra.files import remove_stale_temporaries, temporary_name
 
 RESOLUTIONS = (32, 64, 128)
 # difficulty -> (folder of the LRA release, paddles per main contour)
@@ -445,9 +447,15 @@ def _draw_all(folder: Path, *, resolution: int, difficulty: str, seed: int, labe
             for job in jobs:
                 bar.update(_draw_chunk(job))
             return
-        with Pool(min(workers, len(jobs))) as pool:
+        with Pool(min(workers, len(jobs)), initializer=_leave_interrupts_to_parent) as pool:
             for done in pool.imap_unordered(_draw_chunk, jobs):
                 bar.update(done)
+
+
+def _leave_interrupts_to_parent() -> None:
+    """In a drawing process: ignore Ctrl-C, which the terminal sends to every process of the command. The
+    parent stops the pool and removes what was drawn; a worker would print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_metadata(folder: Path, *, resolution: int, difficulty: str, labels: np.ndarray) -> None:
@@ -469,7 +477,7 @@ def _move_into_place(temp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(temp, final)
         return
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(temporary_name(final.name, "old"))
     os.replace(final, old)
     try:
         os.replace(temp, final)
@@ -487,14 +495,16 @@ def write_release(out: Path, *, resolution: int, difficulty: str, count: int, se
 
     Everything is written into a hidden sibling folder first and renamed into place when complete
     (an existing folder is replaced only then): a failure leaves no partial release, and the
-    temporary folder is removed. The same arguments give the same bytes, whatever `workers`.
+    temporary folder is removed, as are those a killed generation left in `out`. The same arguments
+    give the same bytes, whatever `workers`.
     """
     _check(resolution=resolution, difficulty=difficulty, count=count, seed=seed, workers=workers)
     out = Path(out)
     name = DIFFICULTIES[difficulty][0]
-    final, temp = out / name, out / f".{name}.tmp-{os.getpid()}"
+    final, temp = out / name, out / temporary_name(name)
     labels = _label_order(seed, count)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     shutil.rmtree(temp, ignore_errors=True)  # left by a killed run that had this process id
     try:
         _draw_all(temp, resolution=resolution, difficulty=difficulty, seed=seed, labels=labels,

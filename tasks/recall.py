@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lra.config import TaskConfig
+from lra.config import SEED, TaskConfig, at_least
 from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData
@@ -26,9 +26,9 @@ FIRST_PAIR = 2  # pair token of key k and value v: FIRST_PAIR + k * values + v; 
 class RecallExamples:
     """How many sequences each split has."""
 
-    train: int = 20000
-    val: int = 1000
-    test: int = 2000
+    train: int = field(default=20000, metadata=at_least(1))
+    val: int = field(default=1000, metadata=at_least(1))
+    test: int = field(default=2000, metadata=at_least(1))
 
 
 @dataclass
@@ -36,31 +36,26 @@ class RecallConfig(TaskConfig):
     name: str = "recall"
     num_classes: int = 8   # values: the classes
     max_len: int = 256     # tokens per sequence, the query included
-    pairs: int = 16        # key-value pairs per sequence
-    gap: int = 64          # no pair is nearer the query (the first token) than this many tokens
-    keys: int = 32         # the keys pairs draw from (distinct within a sequence)
-    seed: int = 0
+    pairs: int = field(default=16, metadata=at_least(1))  # key-value pairs per sequence
+    # no pair is nearer the query (the first token) than this many tokens
+    gap: int = field(default=64, metadata=at_least(1))
+    keys: int = field(default=32, metadata=at_least(1))  # the keys pairs draw from (distinct within a sequence)
+    seed: int = field(default=0, metadata=SEED)
     examples: RecallExamples = field(default_factory=RecallExamples)
 
     @property
     def vocab_size(self) -> int:  # pad, filler, a token per (key, value) and a query token per key
         return FIRST_PAIR + self.keys * self.num_classes + self.keys
 
-
-def check_config(config: RecallConfig) -> None:
-    """LRAError naming the task key that makes sequences impossible to draw."""
-    if config.pairs < 1:
-        raise LRAError(f"task.pairs: at least 1 key-value pair, got {config.pairs}")
-    if config.keys < config.pairs:
-        raise LRAError(f"task.keys: {config.pairs} distinct keys per sequence (task.pairs) need as many keys, "
-                       f"got {config.keys}")
-    if config.gap < 1:
-        raise LRAError(f"task.gap: at least 1 (the query is the first token), got {config.gap}")
-    if config.max_len < config.gap + config.pairs:
-        raise LRAError(f"task.max_len: a query, a gap of {config.gap} (task.gap) and {config.pairs} pairs need "
-                       f"{config.gap + config.pairs} tokens, got {config.max_len}")
-    if config.num_classes < 2:
-        raise LRAError(f"task.num_classes: at least 2 values, got {config.num_classes}")
+    def check(self) -> None:
+        """The ranges of the task's keys, and keys with which sequences can be drawn."""
+        super().check()
+        if self.keys < self.pairs:
+            raise LRAError(f"task.keys: {self.pairs} distinct keys per sequence (task.pairs) need as many keys, "
+                           f"got {self.keys}")
+        if self.max_len < self.gap + self.pairs:
+            raise LRAError(f"task.max_len: a query, a gap of {self.gap} (task.gap) and {self.pairs} pairs need "
+                           f"{self.gap + self.pairs} tokens, got {self.max_len}")
 
 
 def draw(config: RecallConfig, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +80,7 @@ def dtype_for(vocab_size: int) -> type:
 def load(config: RecallConfig, root: object, generate: bool, progress: bool) -> TaskData:
     """The three splits, drawn from config.seed (nothing is read or written: `root`, `generate` and
     `progress` are unused, drawing takes seconds)."""
-    check_config(config)
+    config.check()
     rng = np.random.default_rng(config.seed)
     splits = {}
     for split in ("train", "val", "test"):

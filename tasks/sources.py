@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lra.errors import LRAError, one_line
@@ -125,7 +126,9 @@ def _batches(builder: str, path: Path, **options: Any) -> Iterator[pa.Table]:
 
 def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     """The named columns of a parquet or csv file, loaded with datasets; LRAError names the file and
-    what is wrong. A csv file's columns are read as the text they hold."""
+    what is wrong, and the first row holding no value in one of them (a null, or in a csv file an empty
+    field: how csv writes a missing value), which would otherwise be read as the text "nan" or "None".
+    A csv file's columns are read as the text they hold."""
     try:
         if path.suffix == ".parquet":
             present = pq.read_schema(path).names
@@ -139,10 +142,26 @@ def read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
         else:
             datasets = _offline_datasets()
             text = datasets.Features({name: datasets.Value("string") for name in present})
-            batches = [batch.select(columns) for batch in _batches("csv", path, features=text, keep_default_na=False)]
+            batches = [batch.select(columns) for batch in _batches("csv", path, features=text, keep_default_na=False,
+                                                                   na_values=[""])]
     except (OSError, ValueError) as err:  # pyarrow's and pandas' errors are OSError/ValueError
         raise LRAError(f"{path}: not a readable {path.suffix[1:]} file: {one_line(str(err))}") from None
-    return pa.concat_tables(batches).to_pandas() if batches else pd.DataFrame(columns=list(columns))
+    if not batches:
+        return pd.DataFrame(columns=list(columns))
+    table = pa.concat_tables(batches)
+    _check_values(table, path)
+    return table.to_pandas()
+
+
+def _check_values(table: pa.Table, path: Path) -> None:
+    """LRAError naming the first row (1-based, of the data) of `table`, read from `path`, where a
+    column holds no value, and the column."""
+    nulls = {name: pc.index(table.column(name).is_null(), True).as_py() for name in table.column_names}
+    present = {name: index for name, index in nulls.items() if index >= 0}
+    if present:
+        name = min(present, key=present.get)
+        missing = "null" if path.suffix == ".parquet" else "missing (an empty field)"
+        raise LRAError(f"{path}: row {present[name] + 1}: {name} is {missing}")
 
 
 def check_labels(labels: Any, num_classes: int, path: Path) -> np.ndarray:

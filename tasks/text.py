@@ -10,14 +10,14 @@ had no validation split for IMDb (the best checkpoint is then chosen on the test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from lra.config import TaskConfig
+from lra.config import SEED, TaskConfig, between
 from lra.errors import LRAError
 from tasks import register_task
 from tasks.batching import Ragged, SequenceDataset, TaskData, split_off
@@ -38,8 +38,9 @@ class TextConfig(TaskConfig):
     dir: str = "imdb"
     hub: str = "stanfordnlp/imdb"
     # the share of the training reviews held out for validation; None: the test split validates (LRA)
-    val_fraction: Optional[float] = None
-    split_seed: int = 0  # draws the held-out reviews: fixed, so every run validates on the same ones
+    val_fraction: Optional[float] = field(default=None, metadata=between(0, 1, low_open=True, high_open=True))
+    # draws the held-out reviews: fixed, so every run validates on the same ones
+    split_seed: int = field(default=0, metadata=SEED)
 
 
 def utf8_bytes(text: str, max_len: int) -> np.ndarray:
@@ -55,20 +56,21 @@ def read_texts(files: list[Path], num_classes: int, max_len: int, progress: bool
         table = read_table(path, ["text", "label"])
         labels.append(check_labels(table["label"], num_classes, path))
         texts = tqdm(table["text"], desc=path.name, unit="doc", disable=not progress, leave=False)
-        sequences.extend(utf8_bytes(str(text), max_len) for text in texts)
+        sequences.extend(utf8_bytes(review(text, path, row), max_len) for row, text in enumerate(texts, start=1))
     return SequenceDataset((Ragged.build(sequences),), np.concatenate(labels))
 
 
-def check_val_fraction(fraction: Optional[float]) -> None:
-    """LRAError naming task.val_fraction unless it is null or strictly between 0 and 1."""
-    if fraction is not None and not 0 < fraction < 1:
-        raise LRAError(f"task.val_fraction: must lie strictly between 0 and 1, or be null (the test split "
-                       f"validates), got {fraction}")
+def review(text: object, path: Path, row: int) -> str:
+    """The text of a review (row `row` of `path`); LRAError unless it is a string, which a number or
+    bytes in the column would not be (their printed form is no review)."""
+    if not isinstance(text, str):
+        raise LRAError(f"{path}: row {row}: text is not a string (got {type(text).__name__} {text!r:.40})")
+    return text
 
 
 @register_task(TextConfig)
 def load(config: TextConfig, root: Path, generate: bool, progress: bool) -> TaskData:
-    check_val_fraction(config.val_fraction)
+    config.check()
     files = table_sources(root / config.dir, config.hub, ("train", "test"), what="IMDb reviews (task=text)")
     held_out = None if config.val_fraction is None else {"fraction": config.val_fraction, "seed": config.split_seed}
     key = {"max_len": config.max_len, "num_classes": config.num_classes, "val": held_out,

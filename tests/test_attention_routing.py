@@ -193,7 +193,7 @@ def test_one_graph_under_bf16_autocast(training):
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(LRAError, match="model.attention.window: must be positive"):
+    with pytest.raises(LRAError, match="model.attention.window=0: must be at least 1"):
         build(window=0)
-    with pytest.raises(LRAError, match=r"model.attention.decay: must be in \[0, 1\)"):
+    with pytest.raises(LRAError, match=r"model.attention.decay=1.0: must be in \[0, 1\)"):
         build(decay=1.0)

@@ -84,9 +84,9 @@ def test_padded_sample_equals_the_unpadded_sequence():
 
 
 def test_bad_settings_and_lengths_name_the_key():
-    with pytest.raises(LRAError, match="model.attention.block: must be positive"):
+    with pytest.raises(LRAError, match="model.attention.block=0: must be at least 1"):
         build(block=0)
-    with pytest.raises(LRAError, match="model.attention.temperature: must be positive"):
+    with pytest.raises(LRAError, match="model.attention.temperature=0.0: must be greater than 0"):
         build(temperature=0.0)
     with pytest.raises(LRAError, match="exceeds its max_len"):
         build(max_len=16, block=8)(*random_heads()[:3])

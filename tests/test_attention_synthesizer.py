@@ -67,7 +67,7 @@ def test_padded_sample_equals_the_unpadded_sequence(mode):
 
 
 def test_bad_settings_and_lengths_name_the_key():
-    with pytest.raises(LRAError, match="model.attention.k: the factorized rank must be positive"):
+    with pytest.raises(LRAError, match="model.attention.k=0: must be at least 1"):
         build("factorized_random", k=0)
     with pytest.raises(LRAError, match="exceeds its max_len 16"):
         build("dense", max_len=16)(*random_heads(dtype=torch.float64)[:3])

@@ -157,9 +157,10 @@ def test_largest_batch_search_is_exact_and_logarithmic(largest, start):
         ("bench.modes=[trian]", "bench.modes[0]: Invalid value 'trian', expected one of [train, infer]"),
         ("bench.seq_lens=[]", "bench.seq_lens: need one or more lengths of at least 1 token, got []"),
         ("bench.find_max_batch=true", "bench.find_max_batch: on the CPU it needs hardware.cpu_memory_cap_mb"),
-        ("bench.batch_size=0", "bench.batch_size: must be at least 1, got 0"),
-        ("hardware.cpu_memory_cap_mb=-1", "hardware.cpu_memory_cap_mb: must be positive, got -1.0"),
-        ("trainer.accumulate=0", "trainer.accumulate: must be at least 1, got 0"),
+        ("bench.batch_size=0", "bench.batch_size=0: must be at least 1"),
+        ("hardware.cpu_memory_cap_mb=-1", "hardware.cpu_memory_cap_mb=-1.0: must be greater than 0, or null"),
+        ("trainer.accumulate=0", "trainer.accumulate=0: must be at least 1"),
+        ("trainer.accumulate=3", "trainer.accumulate=3: must divide bench.batch_size=2 into equal micro-batches"),
     ],
 )
 def test_bad_settings_are_one_line_and_leave_no_records(tmp_path: Path, override, message):

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from lra.engine.evaluation import predict
 from lra.engine.inputs import loader_options, pad_multiple
 from lra.engine.step import Trainee, train_step
+from lra.engine.training import check_train_config
 from lra.errors import LRAError
 from lra.optim import build_optimizer
 from models.encoder import Classifier
@@ -44,8 +45,8 @@ def test_the_default_pads_a_compiled_model_to_max_len_and_nothing_else(tiny_cfg)
     assert pad_multiple(tiny_cfg()) == 1
     assert pad_multiple(tiny_cfg("hardware.compile=true")) == 48  # task.max_len
     assert pad_multiple(tiny_cfg("hardware.compile=true", "hardware.pad_multiple=16")) == 16
-    with pytest.raises(LRAError, match="hardware.pad_multiple: must be positive"):
-        pad_multiple(tiny_cfg("hardware.pad_multiple=0"))
+    with pytest.raises(LRAError, match="hardware.pad_multiple=0: must be at least 1, or null"):
+        check_train_config(tiny_cfg("hardware.pad_multiple=0"))
 
 
 def test_loaders_pin_memory_for_a_cuda_device_only(tiny_cfg):

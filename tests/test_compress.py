@@ -24,6 +24,7 @@ from runners.compress import compress
 from runners.train import train_run
 from tasks import load_task
 from tests.conftest import REPO, TINY, compose_config, run_cli, run_main
+from tests.report_fixtures import bench
 
 # Relative L2 error of the logits, int8 against fp32 (torch 2.13, CPU). Measured on the tiny models
 # below (seed 0): 1.2-2.2% over every attention variant (linformer the largest); over seeds 0-9 at
@@ -228,12 +229,12 @@ def test_a_sweep_measures_each_run_and_a_bad_one_writes_nothing(trained_run, tmp
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("sparsities=[0.5,1.0]", "sparsities: each must be in [0, 1), got [1.0]"),
-        ("sparsities=[-0.1]", "sparsities: each must be in [0, 1), got [-0.1]"),
+        ("sparsities=[0.5,1.0]", "sparsities[1]=1.0: must be in [0, 1)"),
+        ("sparsities=[-0.1]", "sparsities[0]=-0.1: must be in [0, 1)"),
         ("sparsities=[0.5,0.501]", "sparsities: two levels share a record's name (pruned 50%, pruned 50%)"),
-        ("finetune_steps=-1", "finetune_steps: must be at least 0, got -1"),
-        ("batch_size=0", "batch_size: must be at least 1, got 0"),
-        ("finetune_lr=0", "finetune_lr: must be positive, got 0.0"),
+        ("finetune_steps=-1", "finetune_steps=-1: must be at least 0"),
+        ("batch_size=0", "batch_size=0: must be at least 1"),
+        ("finetune_lr=0", "finetune_lr=0.0: must be greater than 0"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(override, message):
@@ -252,8 +253,8 @@ def test_bad_input_is_one_line_naming_the_key_and_writes_nothing(tmp_path: Path)
     not_a_run = run_cli("runners.compress", f"run={tmp_path}", cwd=REPO)  # as a user sees it: a process of its own
     assert error_line(not_a_run) == f"run: {tmp_path} is not an lra-train run directory (no records.jsonl)"
     assert not_a_run.stdout == ""
-    (tmp_path / "records.jsonl").write_text(json.dumps({"kind": "bench", "status": "ok"}) + "\n")
-    assert error_line(compress_cli(f"run={tmp_path}", "batch_size=0")) == "batch_size: must be at least 1, got 0"
+    (tmp_path / "records.jsonl").write_text(json.dumps(bench("full-sdpa", 128, steps=10.0, memory=5.0)) + "\n")
+    assert error_line(compress_cli(f"run={tmp_path}", "batch_size=0")) == "batch_size=0: must be at least 1"
     # the default run directory is inside `run`: not even it was made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.jsonl"]
     with pytest.raises(LRAError, match=f"^run: {tmp_path / 'records.jsonl'} holds no lra-train record$"):

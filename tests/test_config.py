@@ -64,7 +64,7 @@ BAD_COMMAND_LINES = [
     ("model.attention.impl=fast", "model.attention.impl: Invalid value 'fast', expected one of [sdpa, math]"),
     ("model.attention.windw=3", "model.attention.windw: Key 'windw' not in 'FullAttentionConfig'; known keys"),
     ("trainer.max_steps=1.5", "trainer.max_steps"),
-    ("model=lsh model.attention.bucket_size=0", "model.attention.bucket_size: must be positive, got 0"),
+    ("model=lsh model.attention.bucket_size=0", "model.attention.bucket_size=0: must be at least 1"),
     ("model=performer model.attention.features=deterministic",
      "model.attention.features: deterministic needs kernel relu"),
 ]

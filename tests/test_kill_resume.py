@@ -1,5 +1,7 @@
 """SIGKILL a real lra-train process, or a whole sweep, after a checkpoint; rerun the same command:
-only the unfinished work is done again, to the same result.
+only the unfinished work is done again, to the same result. Slow: Ctrl-C (SIGINT) of a real run,
+which stops it in one line; SIGKILL while it writes a checkpoint or generated data, whose temporary
+the rerun removes.
 
 The killed command runs in a process of its own; the uninterrupted runs it is compared with, and the
 reruns, run the same command line in this process (conftest.run_main)."""
@@ -7,15 +9,21 @@ reruns, run the same command line in this process (conftest.run_main)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
+
+import pytest
 
 from lra import checkpoint
 from lra.records import read_records
 from tests.conftest import REPO, TINY, run_main
+from tests.faults import one_error_line, temporary_files
+from tests.test_faults_interrupt import run_figures
 
 # Long enough that a kill seen soon after the first checkpoint lands mid-run.
 STEPS = 60
@@ -93,3 +101,78 @@ def test_a_killed_sweep_reruns_only_its_unfinished_jobs_to_the_same_records(tmp_
     for name, record in expected.items():
         assert (resumed[name]["status"], resumed[name]["metrics"]["steps"]) == ("ok", STEPS)
         assert abs(resumed[name]["metrics"]["test_accuracy"] - record["metrics"]["test_accuracy"]) <= 0.05
+
+
+def straight_figures(tmp_path: Path, extra: list[str]) -> dict:
+    """The figures of an uninterrupted run of ARGS + `extra`, with data of its own."""
+    run_dir = tmp_path / "straight"
+    result = run_main("runners.train", *arguments(run_dir, tmp_path / "straight-data"), *extra)
+    assert result.returncode == 0, result.stderr
+    return run_figures(run_dir)
+
+
+def wait_for(seen: Callable[[], bool], process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `seen()` or the process ends (or the timeout passes), looking every millisecond."""
+    deadline = time.monotonic() + timeout
+    while not seen() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def killed_while_writing(args: list[str], directory: Path, root: Path, attempts: int = 10) -> None:
+    """Start lra-train with `args` until a SIGKILL sent as soon as a temporary appears in `directory`
+    lands while it is still there, leaving it under `root`."""
+    for _ in range(attempts):
+        process = subprocess.Popen(command(args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: any(directory.glob(".*.tmp")), process)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if temporary_files(root):
+            return
+    raise AssertionError(f"no kill landed while a temporary was in {directory}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_real_run_in_one_line_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path: Path):
+    expected = straight_figures(tmp_path, [])
+    run_dir, data = tmp_path / "interrupted", tmp_path / "data"
+    # Ctrl-C's default action, which a shell's background job (pytest run with `&`) would have ignored
+    process = subprocess.Popen(command(arguments(run_dir, data)), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    last = run_dir / "checkpoints" / checkpoint.LAST
+    wait_for(last.exists, process)
+    os.kill(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    line = one_error_line(subprocess.CompletedProcess(process.args, process.returncode, "", stderr), "lra-train",
+                          f"rerun the same command with hydra.run.dir={run_dir} to resume", code=130)
+    step = int(re.fullmatch(rf"lra-train: interrupted at step (\d+), which is saved in {last};.*", line).group(1))
+    assert checkpoint.load(last)["run_state"]["step"] == step < STEPS, "Ctrl-C should land mid-run"
+    assert not (run_dir / "records.jsonl").exists() and temporary_files(tmp_path) == []
+
+    rerun = run_main("runners.train", *arguments(run_dir, data))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed from {last} at step {step}" in rerun.stdout
+    assert run_figures(run_dir) == expected
+
+
+# (what the killed run writes, its overrides that make those writes take a while, the folder it writes in)
+KILLED_WRITES = {
+    "checkpoint": (["model.dim=256", "model.mlp_dim=1024", "trainer.checkpoint_every=5"], "killed/checkpoints"),
+    "generated data": (["task.generate.train=20000"], "data/listops-smoke"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writing", KILLED_WRITES)
+def test_a_run_killed_while_writing_is_cleaned_and_finished_by_its_rerun(tmp_path: Path, writing: str):
+    overrides, folder = KILLED_WRITES[writing]
+    expected = straight_figures(tmp_path, overrides)
+    run_dir, data, written = tmp_path / "killed", tmp_path / "data", tmp_path / folder
+    killed_while_writing([*arguments(run_dir, data), *overrides], written, tmp_path)
+    assert not (run_dir / "records.jsonl").exists()
+
+    rerun = run_main("runners.train", *arguments(run_dir, data), *overrides)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"temporaries of interrupted writes from {written}" in rerun.stdout
+    assert temporary_files(tmp_path) == []
+    assert run_figures(run_dir) == expected

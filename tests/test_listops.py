@@ -286,7 +286,7 @@ def test_module_entry_point_reports_errors():
                            "--min-len", "9", "--max-len", "3"],
                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 2
-    assert done.stderr.startswith("lra-data: error: ") and "min_len=9" in done.stderr
+    assert done.stderr.startswith("lra-data: error: --max-len=3: ") and "--min-len=9" in done.stderr
 
 
 @pytest.mark.parametrize(("source", "reason"), [

@@ -172,7 +172,7 @@ def test_a_knob_can_be_taken_alone_and_the_cpu_profile_keeps_its_own_sizes():
 def test_the_protocol_changes_the_config_hash_and_names_the_record():
     lra, clean = compose_config("protocol=lra"), compose_config()
     assert config_hash(lra) != config_hash(clean)
-    record = make_record(lra, kind="train", status="ok", metrics={}, seq_len=1, batch_size=1, env={}, wall_s=0.0)
+    record = make_record(lra, kind="train", status="failed", metrics={}, seq_len=1, batch_size=1, env={}, wall_s=0.0)
     assert record["protocol"] == "lra"
 
 

@@ -11,7 +11,7 @@ import torch
 
 from lra.errors import LRAError
 from models.encoder import Classifier
-from tasks.recall import FILLER, FIRST_PAIR, RecallConfig, RecallExamples, check_config, draw, load
+from tasks.recall import FILLER, FIRST_PAIR, RecallConfig, RecallExamples, draw, load
 from tests.conftest import compose_config, run_main
 
 
@@ -62,7 +62,7 @@ def test_classes_are_balanced_and_a_seed_names_one_dataset():
 ])
 def test_impossible_settings_name_their_key(changes, key):
     with pytest.raises(LRAError, match=key.replace(".", r"\.")):
-        check_config(RecallConfig(**changes))
+        RecallConfig(**changes).check()
 
 
 def query_logits(model: str, tokens: torch.Tensor, *overrides: str) -> torch.Tensor:

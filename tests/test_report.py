@@ -212,8 +212,9 @@ def test_malformed_records_and_empty_dirs_are_named(tmp_path: Path):
         f.write("{not json\n")
     with pytest.raises(LRAError, match=r"a/records.jsonl:2: not a JSON record"):
         load_records(tmp_path / "runs")
-    (tmp_path / "runs" / "a" / "records.jsonl").write_text(json.dumps({"kind": "train", "model": "x"}) + "\n")
-    with pytest.raises(LRAError, match=r"a/records.jsonl: record 1: not a run record \(missing: task, hardware, seed,"):
+    foreign = {"schema": 1, "kind": "train", "model": "x"}
+    (tmp_path / "runs" / "a" / "records.jsonl").write_text(json.dumps(foreign) + "\n")
+    with pytest.raises(LRAError, match=r"a/records.jsonl:1: not a run record \(missing: task, hardware, seed,"):
         load_records(tmp_path / "runs")
     with pytest.raises(LRAError, match="no records.jsonl found"):
         load_records(tmp_path / "empty")

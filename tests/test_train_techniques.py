@@ -171,9 +171,9 @@ def test_encoder_techniques_and_accumulation_train_and_are_named_in_the_record(t
     plain = train_run(tiny_cfg("model.num_layers=2", "trainer.max_steps=2", "trainer.eval_every=2"), tmp_path / "plain")
     # one block for two layers, and narrow embeddings: 0.60x here (the head and norms stay)
     assert 0 < record["metrics"]["weights_mb"] < 0.65 * plain["metrics"]["weights_mb"]
-    with pytest.raises(LRAError, match="trainer.accumulate: must be at least 1"):
+    with pytest.raises(LRAError, match="trainer.accumulate=0: must be at least 1"):
         train_run(tiny_cfg("trainer.accumulate=0"), tmp_path / "bad")
-    with pytest.raises(LRAError, match="trainer.accumulate: must divide trainer.batch_size=16"):
+    with pytest.raises(LRAError, match="trainer.accumulate=3: must divide trainer.batch_size=16"):
         train_run(tiny_cfg("trainer.accumulate=3"), tmp_path / "bad")
 
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from lra.config import BenchMode, BenchPadding, Device, Precision
+from lra.config import BenchMode, BenchPadding, Device, Precision, check_ranges
 from lra.engine.device import autocast, loss_scaler, setup_device
 from lra.engine.inputs import build_model, inputs
-from lra.engine.step import Trainee, micro_batch, train_step
+from lra.engine.step import Trainee, check_accumulation, train_step
 from lra.errors import LRAError, one_line
 from lra.measure import (
     FlopCount, Inputs, SdpaCalls, count_step_flops, free_memory, is_out_of_memory, median_seconds, memory_cap,
@@ -52,18 +52,17 @@ class Outcome:
 
 
 def check_bench_config(cfg: DictConfig) -> None:
-    """Fail at once, with the key's name, on settings no measurement could satisfy."""
+    """Fail at once, naming the keys, on settings no measurement could satisfy: a value out of its
+    range (lra.config), or keys that do not fit together. lra-bench runs it before Hydra creates the
+    run directory (conf/hydra/callbacks/checked.yaml) and at the start of every job."""
+    check_ranges(cfg)
     bench = cfg.bench
-    if not bench.seq_lens or min(bench.seq_lens) < 1:
+    if not bench.seq_lens:
         raise LRAError(f"bench.seq_lens: need one or more lengths of at least 1 token, got {list(bench.seq_lens)}")
     if not bench.modes:
         raise LRAError("bench.modes: need train, infer or both")
-    if bench.batch_size < 1:
-        raise LRAError(f"bench.batch_size: must be at least 1, got {bench.batch_size}")
-    if bench.min_run_time <= 0:
-        raise LRAError(f"bench.min_run_time: must be positive, got {bench.min_run_time}")
-    memory_cap(cfg.hardware)  # a bad cap fails here, before any measurement
-    micro_batch(cfg)  # and so does a bad trainer.accumulate (a train step splits its batch by it)
+    if BenchMode.train in bench.modes:  # a train step splits the bench's batch into trainer.accumulate parts
+        check_accumulation(cfg, "bench.batch_size", bench.batch_size)
     if bench.find_max_batch and Device(cfg.hardware.device) is Device.cpu and cfg.hardware.cpu_memory_cap_mb is None:
         raise LRAError("bench.find_max_batch: on the CPU it needs hardware.cpu_memory_cap_mb, the memory to fill")
     for length in bench.seq_lens:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lra import checkpoint
-from lra.config import CompressConfig, hashed
+from lra.config import CompressConfig, check_ranges, hashed
 from lra.engine.benchmark import Outcome
 from lra.engine.evaluation import evaluate, predict, scored
 from lra.engine.finished import trained_config, trained_record
@@ -50,20 +50,13 @@ CPU = torch.device("cpu")
 
 
 def check_settings(settings: DictConfig) -> None:
-    """Fail at once, naming the key, on settings no job could satisfy."""
-    bad = [s for s in settings.sparsities if not 0 <= s < 1]
-    if bad:
-        raise LRAError(f"sparsities: each must be in [0, 1), got {bad}")
+    """Fail at once, naming the key, on settings no job could satisfy: a value out of its range
+    (lra.config), or two sparsities that would share a record's name."""
+    check_ranges(settings)
     names = [pruned_name(s) for s in settings.sparsities]
     if len(set(names)) < len(names):
         raise LRAError(f"sparsities: two levels share a record's name ({', '.join(names)}); "
                        "they must differ by at least a percent")
-    for key, ok, need in [("finetune_steps", settings.finetune_steps >= 0, "at least 0"),
-                          ("finetune_lr", settings.finetune_lr > 0, "positive"),
-                          ("batch_size", settings.batch_size >= 1, "at least 1"),
-                          ("min_run_time", settings.min_run_time > 0, "positive")]:
-        if not ok:
-            raise LRAError(f"{key}: must be {need}, got {settings[key]}")
 
 
 def pruned_name(level: float) -> str:

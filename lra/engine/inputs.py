@@ -11,7 +11,6 @@ import torch
 from omegaconf import DictConfig
 
 from lra.engine.device import pins_memory
-from lra.errors import LRAError
 from models.encoder import Classifier
 from tasks import task_config
 from tasks.batching import pad_batch
@@ -23,8 +22,6 @@ def pad_multiple(cfg: DictConfig) -> int:
     multiple = cfg.hardware.pad_multiple
     if multiple is None:
         return cfg.task.max_len if cfg.hardware.compile else 1
-    if multiple < 1:
-        raise LRAError(f"hardware.pad_multiple: must be positive (or null), got {multiple}")
     return multiple
 
 

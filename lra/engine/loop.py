@@ -6,16 +6,22 @@ token counts are summed over them, and rank 0 alone writes checkpoints and Tenso
 
 A step never waits for the device: its losses stay there (`Unread`) until a step that logs,
 validates or checkpoints reads them all at once, and checks them for divergence then.
+
+Ctrl-C stops the run between two steps, the last one saved (`Interruption`): a rerun resumes
+from it as if the run had not stopped. A second Ctrl-C stops it at once; it resumes from its last
+checkpoint then.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +32,7 @@ from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from lra import distributed
+from lra.cli import Interrupted
 from lra.engine.evaluation import evaluate, validation_limit
 from lra.engine.inputs import loader_options
 from lra.engine.resume import LAST, RunState, save_best, save_last
@@ -72,13 +79,72 @@ def read_losses(unread: Unread, state: RunState, keep: int, device: torch.device
     return None
 
 
+class Interruption:
+    """Ctrl-C (SIGINT) during the training loop, held until the step under way is done (`requested`),
+    so that the run stops between two steps, never inside an optimizer step or a save, and can save
+    where it stopped. A second Ctrl-C interrupts at once (`interruptible` names the last checkpoint).
+
+    Held only in the main thread of a single process, where Ctrl-C would raise KeyboardInterrupt:
+    Python sets signal handlers in the main thread alone, and the processes of a torchrun job could
+    not agree on the step to stop after without a sync every step."""
+
+    def __init__(self, saved_step: int | None) -> None:
+        self.requested = False
+        self.saved_step = saved_step  # the step of the run's last checkpoint; None before the first
+
+    def hold(self, signum: int, frame: Any) -> None:
+        """The signal handler: ask the loop to stop after this step; the next Ctrl-C interrupts."""
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def line(self, step: int, run_dir: Path) -> str:
+        """What a run interrupted at once, after `step` steps, has saved."""
+        if self.saved_step is None:
+            return f"interrupted at step {step}, before its first checkpoint"
+        return f"interrupted at step {step}; the last checkpoint (step {self.saved_step}) is in {run_dir / LAST.parent}"
+
+
+@contextmanager
+def interruptible(state: RunState, run_dir: Path) -> Iterator[Interruption]:
+    """The training loop's Interruption: Ctrl-C held inside where it can be (see Interruption), and a
+    KeyboardInterrupt raised inside turned into Interrupted, whose line says where the run stopped."""
+    interruption = Interruption(state.step or None)  # a resumed run's last checkpoint is its start
+    holds = (distributed.world_size() == 1 and threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if holds:
+        signal.signal(signal.SIGINT, interruption.hold)
+    try:
+        yield interruption
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(interruption.line(state.step, run_dir)) from None
+    finally:
+        if holds:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_saved(trainee: Trainee, cfg: DictConfig, device: torch.device, run_dir: Path, state: RunState,
+               unread: Unread, saved: bool) -> str:
+    """End a run that Ctrl-C asked to stop after the step just done: save that step (unless `saved`)
+    and raise Interrupted. Returns the reason instead when the loss diverged: the run would have ended
+    so at its next logging step."""
+    diverged = read_losses(unread, state, cfg.trainer.log_every, device)
+    if diverged is not None:
+        return diverged
+    if not saved:
+        save_last(run_dir / LAST, state, trainee)
+    raise Interrupted(f"interrupted at step {state.step}, which is saved in {run_dir / LAST}")
+
+
 def fit(
     trainee: Trainee, data: TaskData, cfg: DictConfig, device: torch.device, run_dir: Path, state: RunState,
     writer: SummaryWriter | None,
 ) -> str | None:
     """Train from `state.step` to trainer.max_steps, validating and checkpointing on the way.
 
-    Returns None, or the one-line reason the loss diverged. `writer`: rank 0's alone.
+    Returns None, or the one-line reason the loss diverged; raises Interrupted (lra.cli) on Ctrl-C,
+    after the step under way, saved (`Interruption`). `writer`: rank 0's alone.
     """
     batches = StepBatches(len(data.train), cfg.trainer.batch_size, cfg.seed, state.step, cfg.trainer.max_steps,
                           shard=distributed.rank(), shards=distributed.world_size())
@@ -92,7 +158,7 @@ def fit(
         disable=None if cfg.trainer.progress and distributed.is_main() else True, dynamic_ncols=True,
     )
     unread = Unread()
-    with bar:
+    with bar, interruptible(state, run_dir) as interruption:
         tick = time.perf_counter()
         for batch in loader:
             measure = state.peak_memory_mb is None and len(trainee.optimizer.state) > 0  # a steady-state step
@@ -119,6 +185,9 @@ def fit(
                 validate(trainee, data, cfg, device, run_dir, state, writer)
             if saves and distributed.is_main():
                 save_last(run_dir / LAST, state, trainee)
+                interruption.saved_step = state.step
+            if interruption.requested:
+                return stop_saved(trainee, cfg, device, run_dir, state, unread, saved=saves)
             tick = time.perf_counter()
     return read_losses(unread, state, cfg.trainer.log_every, device)
 

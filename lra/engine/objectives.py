@@ -58,10 +58,6 @@ def objective(cfg: DictConfig, device: torch.device) -> tuple[Objective, dict[st
     distill = cfg.distill
     if distill.teacher is None:
         return cross_entropy, {}
-    if distill.temperature <= 0:
-        raise LRAError(f"distill.temperature: must be positive, got {distill.temperature}")
-    if not 0 <= distill.alpha <= 1:
-        raise LRAError(f"distill.alpha: must be in [0, 1], got {distill.alpha}")
     run_dir = Path(distill.teacher)
     record = trained_record(run_dir, KEY)
     teacher_cfg = trained_config(record)

@@ -42,13 +42,16 @@ def split(t: torch.Tensor | None, parts: int) -> tuple[torch.Tensor | None, ...]
 def micro_batch(cfg: DictConfig) -> int:
     """Examples per forward pass: trainer.batch_size (the examples of an optimizer step) split into
     trainer.accumulate micro-batches of equal size."""
-    batch, accumulate = cfg.trainer.batch_size, cfg.trainer.accumulate
-    if accumulate < 1:
-        raise LRAError(f"trainer.accumulate: must be at least 1, got {accumulate}")
+    check_accumulation(cfg, "trainer.batch_size", cfg.trainer.batch_size)
+    return cfg.trainer.batch_size // cfg.trainer.accumulate
+
+
+def check_accumulation(cfg: DictConfig, batch_key: str, batch: int) -> None:
+    """LRAError naming both keys unless trainer.accumulate splits `batch` examples (those of config key
+    `batch_key`: one training step's) into micro-batches of equal size."""
+    accumulate = cfg.trainer.accumulate
     if batch % accumulate:
-        raise LRAError(f"trainer.accumulate: must divide trainer.batch_size={batch} into equal micro-batches, "
-                       f"got {accumulate}")
-    return batch // accumulate
+        raise LRAError(f"trainer.accumulate={accumulate}: must divide {batch_key}={batch} into equal micro-batches")
 
 
 def train_step(

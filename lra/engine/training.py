@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from lra import checkpoint, distributed
-from lra.config import Precision, TestCheckpoint
+from lra.config import Precision, TestCheckpoint, check_ranges
 from lra.engine.device import configured_device, environment, loss_scaler, seed_everything, setup_device
 from lra.engine.evaluation import evaluate, validation_limit
 from lra.engine.loop import fit, log_hparams
@@ -53,11 +53,22 @@ def trainee(cfg: DictConfig, device: torch.device, loss: Objective) -> Trainee:
     )
 
 
+def check_train_config(cfg: DictConfig) -> None:
+    """Fail at once, naming the keys, on a config no training could run: a value out of its range
+    (lra.config), task keys that do not fit together, a model whose blocks cannot be built at
+    task.max_len, or a batch that trainer.accumulate does not split evenly. lra-train runs it before
+    Hydra creates the run directory (conf/hydra/callbacks/checked.yaml) and at the start of every job."""
+    check_ranges(cfg)
+    task_config(cfg.task).check()
+    check_model_config(cfg.model, cfg.task.max_len)
+    micro_batch(cfg)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate, test the weights trainer.test_checkpoint names; return the run's record.
     Checkpoints and TensorBoard go to `run_dir` (rank 0's alone)."""
     started = time.perf_counter()
-    check_model_config(cfg.model, cfg.task.max_len)
+    check_train_config(cfg)
     micro_batch_size = micro_batch(cfg)
     device = setup_device(cfg.hardware)
     seed_everything(cfg.seed)

@@ -1,5 +1,7 @@
 """Run records in: every records.jsonl under a directory, as one DataFrame, each record named as
-its row in the tables. Records of older schemas are read as the current one states them (lra.records).
+its row in the tables. Each record is checked against the schema (lra.records.read_records: a record
+this code cannot read is an LRAError naming its file and line, never a wrong row), and records of older
+schemas are read as the current one states them (lra.records.upgraded).
 
 A cell of a table aggregates only records whose resolved configs differ by the seed alone (and by
 the keys that name a run rather than what it computes: `IDENTITY` and the keys left out of the
@@ -24,8 +26,6 @@ from lra.errors import LRAError
 from lra.records import RECORDS_FILE, read_records, upgraded
 from lra.report.cells import label
 
-# Fields the report reads from every record (DESIGN.md, "Run records").
-REQUIRED = ("kind", "model", "task", "hardware", "seed", "seq_len", "batch_size", "status", "metrics")
 # Config keys that tell runs of one experiment apart without changing what it measures: the seed, the
 # run lra-compress read (a directory per seed), and the lengths and modes of a bench job (each of
 # its records names its own length and mode).
@@ -39,19 +39,15 @@ def load_records(runs: Path) -> pd.DataFrame:
     named as its row in the tables (see `labelled`)."""
     rows = []
     for path in sorted(Path(runs).rglob(RECORDS_FILE)):
-        for number, record in enumerate(read_records(path), start=1):
-            missing = [key for key in REQUIRED if not isinstance(record, dict) or key not in record]
-            if missing:
-                raise LRAError(f"{path}: record {number}: not a run record (missing: {', '.join(missing)})")
-            record = upgraded(record)
-            setup = experiment(record.pop("config", None))
-            rows.append({**record, "path": str(path.parent), "setup": setup})
+        for record in map(upgraded, read_records(path)):
+            fields = {key: value for key, value in record.items() if key != "config"}
+            rows.append({**fields, "path": str(path.parent), "setup": experiment(record["config"])})
     if not rows:
         raise LRAError(f"{runs}: no {RECORDS_FILE} found")
     return pd.json_normalize([labelled(row) for row in with_setup_labels(rows)])
 
 
-def experiment(config: dict[str, Any] | None) -> dict[str, str]:
+def experiment(config: dict[str, Any]) -> dict[str, str]:
     """What a record's config says of its experiment: every key as `a.b.c` -> its JSON value,
     without the seed and the other keys that do not change what is measured."""
     flat: dict[str, str] = {}
@@ -63,7 +59,7 @@ def experiment(config: dict[str, Any] | None) -> dict[str, str]:
         elif prefix:
             flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
 
-    walk(config or {}, "")
+    walk(config, "")
     for key in (*IDENTITY, *unhashed_keys()):
         flat.pop(key, None)
     return flat

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from lra.files import atomic_write
+from lra.files import atomic_write, remove_stale_temporaries
 from lra.report.accuracy import accuracy_tables
 from lra.report.cells import groups
 from lra.report.crossover import crossover_table
@@ -39,12 +39,16 @@ img { max-width: 100%; }
 
 def write_report(records: pd.DataFrame, out: Path, reference: str | None = None) -> dict[str, Path]:
     """Write the report of `records` under `out`, with the published rows of `reference` if named;
-    return every file written, by its path relative to `out`."""
+    return every file written, by its path relative to `out`. Each file is written whole or not at
+    all; what the writes of a killed report left is removed first."""
     summary = summarise(records, reference)
     blocks = [("heading", (1, TITLE)), ("text", introduction(records)),
               *accuracy_section(summary), *efficiency_section(summary), *bubble_section(summary),
               *techniques_section(summary), *curves_section(summary), *lengths_section(summary)]
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # here, so that an `out` that is a file is the error named
+    for directory in {out, *((out / content[0]).parent for kind, content in blocks if kind == "image")}:
+        remove_stale_temporaries(directory)
     written = {content[0]: save_figure(content[2], out / content[0]) for kind, content in blocks if kind == "image"}
     for name, text in [("leaderboard.md", markdown(blocks)), ("leaderboard.html", page(blocks))]:
         atomic_write(out / name, lambda file, text=text: file.write(text))

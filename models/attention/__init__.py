@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from torch import nn
 
+from lra.config import check_values
 from lra.errors import LRAError
 from lra.registry import Registry
 
@@ -38,9 +39,12 @@ register_attention = ATTENTION.register
 
 
 def build_attention(name: str, *, num_heads: int, head_dim: int, max_len: int, **overrides) -> Attention:
-    """The variant registered as `name`, with its config defaults updated by `overrides`."""
+    """The variant registered as `name`, with its config defaults updated by `overrides`; LRAError
+    naming `model.attention.<key>` where a value is outside its range (lra.config) or the variant refuses it."""
     module_cls, config_cls = ATTENTION.get(name)
-    return module_cls(config_cls(**overrides), num_heads=num_heads, head_dim=head_dim, max_len=max_len)
+    config = config_cls(**overrides)
+    check_values(config_cls, vars(config), lambda key: f"model.attention.{key}")
+    return module_cls(config, num_heads=num_heads, head_dim=head_dim, max_len=max_len)
 
 
 def list_attention() -> list[str]:

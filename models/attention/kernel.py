@@ -15,13 +15,13 @@ Neither forms attention probabilities, so `config.dropout` has nothing to act on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from lra.config import AttentionConfig, Choice
+from lra.config import AttentionConfig, Choice, at_least
 from models.attention import Attention, check_config, register_attention
 from models.attention.masking import mask_scores
 
@@ -102,9 +102,9 @@ class PerformerConfig(AttentionConfig):
     name: str = "performer"
     kernel: PerformerKernel = PerformerKernel.softmax
     features: PerformerFeatures = PerformerFeatures.random
-    num_features: int = 256
+    num_features: int = field(default=256, metadata=at_least(1))
     feature_norms: FeatureNorms = FeatureNorms.chi
-    redraw_every: int = 1000
+    redraw_every: int = field(default=1000, metadata=at_least(0))  # 0: never
 
 
 def orthogonal_gaussian_projection(
@@ -183,8 +183,6 @@ class PerformerAttention(KernelAttention):
             check_config(self.kernel is PerformerKernel.relu, "features",
                          "deterministic needs kernel relu: the softmax kernel is only estimated by random features")
             return
-        check_config(config.num_features >= 1, "num_features", f"must be >= 1, got {config.num_features}")
-        check_config(config.redraw_every >= 0, "redraw_every", f"must be >= 0 (0: never), got {config.redraw_every}")
         self.norms = FeatureNorms(config.feature_norms)
         self.redraw_every = config.redraw_every
         self.register_buffer("seed", torch.randint(2**62, ()))

@@ -11,14 +11,14 @@ a padded sample gives the output its unpadded, shorter version would (see each c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.config import AttentionConfig, Choice
+from lra.config import AttentionConfig, Choice, at_least
 from lra.errors import LRAError
 from models.attention import Attention, check_config, register_attention
 from models.attention.masking import mask_scores
@@ -47,7 +47,7 @@ class LinformerSharing(Choice):
 @dataclass
 class LinformerConfig(AttentionConfig):
     name: str = "linformer"
-    k: int = 16  # rank: rows of the projected keys and values
+    k: int = field(default=16, metadata=at_least(1))  # rank: rows of the projected keys and values
     sharing: LinformerSharing = LinformerSharing.key_value
 
 
@@ -64,7 +64,6 @@ class LinformerAttention(Attention):
 
     def __init__(self, config: LinformerConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__()
-        check_config(config.k >= 1, "k", f"the Linformer rank must be positive, got {config.k}")
         sharing = LinformerSharing(config.sharing)
         projections = 1 if sharing is LinformerSharing.key_value else 2
         heads = num_heads if sharing is LinformerSharing.none else 1
@@ -107,9 +106,9 @@ class LinformerAttention(Attention):
 @dataclass
 class NystromConfig(AttentionConfig):
     name: str = "nystrom"
-    num_landmarks: int = 64
-    pinv_iterations: int = 6
-    conv_kernel_size: int = 35  # 0: no depthwise-convolution skip on V
+    num_landmarks: int = field(default=64, metadata=at_least(1))
+    pinv_iterations: int = field(default=6, metadata=at_least(0))
+    conv_kernel_size: int = field(default=35, metadata=at_least(0))  # odd; 0: no depthwise-convolution skip on V
 
 
 @register_attention(NystromConfig)
@@ -136,10 +135,8 @@ class NystromAttention(Attention):
 
     def __init__(self, config: NystromConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__()
-        check_config(config.num_landmarks >= 1, "num_landmarks", f"must be positive, got {config.num_landmarks}")
-        check_config(config.pinv_iterations >= 0, "pinv_iterations", f"must be >= 0, got {config.pinv_iterations}")
         kernel = config.conv_kernel_size
-        check_config(kernel == 0 or (kernel > 0 and kernel % 2), "conv_kernel_size", f"must be 0 (off) or odd, got {kernel}")
+        check_config(kernel == 0 or kernel % 2, "conv_kernel_size", f"must be 0 (off) or odd, got {kernel}")
         self.num_landmarks = config.num_landmarks
         self.pinv_iterations = config.pinv_iterations
         self.dropout = config.dropout

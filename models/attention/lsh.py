@@ -25,14 +25,14 @@ with the default bucket size); they are built without autograd and freed before 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from lra.config import AttentionConfig
-from models.attention import Attention, check_config, register_attention
+from lra.config import AttentionConfig, at_least
+from models.attention import Attention, register_attention
 from models.attention.masking import mask_scores
 
 # The self logit, replacing q.q/|q|: far below any other logit (|q.k/|k|| <= |q|), yet finite in
@@ -43,8 +43,8 @@ SELF_LOGIT = -5e4
 @dataclass
 class LSHAttentionConfig(AttentionConfig):
     name: str = "lsh"
-    bucket_size: int = 64
-    n_hashes: int = 1
+    bucket_size: int = field(default=64, metadata=at_least(1))
+    n_hashes: int = field(default=1, metadata=at_least(1))  # rounds of hashing
     redraw: bool = True
 
 
@@ -77,8 +77,6 @@ class LSHAttention(Attention):
 
     def __init__(self, config: LSHAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__()
-        check_config(config.bucket_size >= 1, "bucket_size", f"must be positive, got {config.bucket_size}")
-        check_config(config.n_hashes >= 1, "n_hashes", f"must be positive, got {config.n_hashes}")
         self.bucket_size = config.bucket_size
         self.n_hashes = config.n_hashes
         self.redraw = config.redraw

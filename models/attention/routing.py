@@ -33,21 +33,21 @@ are cheap on CPU, and the attention within the chunks has its backward written o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from lra.config import AttentionConfig
-from models.attention import Attention, check_config, register_attention
+from lra.config import AttentionConfig, at_least, between
+from models.attention import Attention, register_attention
 
 
 @dataclass
 class RoutingAttentionConfig(AttentionConfig):
     name: str = "routing"
-    window: int = 64
-    decay: float = 0.999
+    window: int = field(default=64, metadata=at_least(1))
+    decay: float = field(default=0.999, metadata=between(0, 1, high_open=True))  # of the k-means centroids
 
 
 @register_attention(RoutingAttentionConfig)
@@ -58,8 +58,6 @@ class RoutingAttention(Attention):
 
     def __init__(self, config: RoutingAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__()
-        check_config(config.window >= 1, "window", f"must be positive, got {config.window}")
-        check_config(0 <= config.decay < 1, "decay", f"must be in [0, 1), got {config.decay}")
         self.window = config.window
         self.decay = config.decay
         self.dropout = config.dropout

@@ -19,25 +19,25 @@ one, nor the reverse, and a sorted key is masked where no real key is mixed into
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.config import AttentionConfig
+from lra.config import AttentionConfig, above, at_least
 from lra.errors import LRAError
-from models.attention import Attention, check_config, register_attention
+from models.attention import Attention, register_attention
 from models.attention.lowrank import zero_padding
 
 
 @dataclass
 class SinkhornAttentionConfig(AttentionConfig):
     name: str = "sinkhorn"
-    block: int = 64
-    sinkhorn_iters: int = 8
-    temperature: float = 0.75
+    block: int = field(default=64, metadata=at_least(1))
+    sinkhorn_iters: int = field(default=8, metadata=at_least(1))
+    temperature: float = field(default=0.75, metadata=above(0))
 
 
 def sinkhorn(logits: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -57,9 +57,6 @@ class SinkhornAttention(Attention):
 
     def __init__(self, config: SinkhornAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
         super().__init__()
-        check_config(config.block >= 1, "block", f"must be positive, got {config.block}")
-        check_config(config.sinkhorn_iters >= 1, "sinkhorn_iters", f"must be positive, got {config.sinkhorn_iters}")
-        check_config(config.temperature > 0, "temperature", f"must be positive, got {config.temperature}")
         self.block = config.block
         self.iterations = config.sinkhorn_iters
         self.temperature = config.temperature

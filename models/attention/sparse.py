@@ -23,13 +23,13 @@ never from tensor values. Shapes are static, nothing is read back from the devic
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from lra.config import AttentionConfig
+from lra.config import SEED, AttentionConfig, at_least
 from models.attention import Attention, check_config, register_attention
 
 
@@ -254,12 +254,6 @@ def block_sparse_attention(
     return out[:, :, :n]
 
 
-def _at_least(key: str, value: int, minimum: int) -> int:
-    """`value` of config key `model.attention.<key>`, refused below `minimum`."""
-    check_config(value >= minimum, key, f"must be at least {minimum}, got {value}")
-    return value
-
-
 class BlockSparseAttention(Attention):
     """Base of the variants: a layout over max_len's blocks, built once (`set_layout`, called at the
     end of a variant's construction) and cropped to each input's blocks, run by the shared engine."""
@@ -316,7 +310,7 @@ class BlockSparseAttention(Attention):
 @dataclass
 class LocalAttentionConfig(AttentionConfig):
     name: str = "local"
-    window: int = 25
+    window: int = field(default=25, metadata=at_least(1))
 
 
 @register_attention(LocalAttentionConfig)
@@ -329,9 +323,9 @@ class LocalAttention(BlockSparseAttention):
     """
 
     def __init__(self, config: LocalAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
-        super().__init__(config, block=band_block(_at_least("window", config.window, 1)))
+        super().__init__(config, block=band_block(config.window))
         self.window = config.window
-        self.global_tokens = _at_least("global_tokens", getattr(config, "global_tokens", 0), 0)
+        self.global_tokens = getattr(config, "global_tokens", 0)
         self.set_layout(max_len)
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
@@ -343,9 +337,9 @@ class LocalAttention(BlockSparseAttention):
 @dataclass
 class SparseAttentionConfig(AttentionConfig):
     name: str = "sparse"
-    block: int = 256
-    summary: int = 8
-    global_tokens: int = 1
+    block: int = field(default=256, metadata=at_least(1))
+    summary: int = field(default=8, metadata=at_least(1))  # at most block
+    global_tokens: int = field(default=1, metadata=at_least(0))
 
 
 @register_attention(SparseAttentionConfig)
@@ -359,10 +353,10 @@ class SparseAttention(BlockSparseAttention):
     """
 
     def __init__(self, config: SparseAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
-        super().__init__(config, block=_at_least("block", config.block, 1))
-        self.summary = _at_least("summary", config.summary, 1)
+        super().__init__(config, block=config.block)
+        self.summary = config.summary
         check_config(self.summary <= self.block, "summary", f"must be at most block={self.block}, got {self.summary}")
-        self.global_tokens = _at_least("global_tokens", config.global_tokens, 0)
+        self.global_tokens = config.global_tokens
         self.set_layout(max_len)
 
     def build_layout(self, num_blocks: int) -> BlockLayout:
@@ -377,11 +371,11 @@ class SparseAttention(BlockSparseAttention):
 @dataclass
 class BigBirdAttentionConfig(AttentionConfig):
     name: str = "bigbird"
-    block: int = 64
-    random_blocks: int = 3
-    window_blocks: int = 3
-    global_blocks: int = 2
-    seed: int = 0
+    block: int = field(default=64, metadata=at_least(1))
+    random_blocks: int = field(default=3, metadata=at_least(0))
+    window_blocks: int = field(default=3, metadata=at_least(1))  # odd: the query's own block in the middle
+    global_blocks: int = field(default=2, metadata=at_least(0))
+    seed: int = field(default=0, metadata=SEED)
 
 
 @register_attention(BigBirdAttentionConfig)
@@ -400,11 +394,11 @@ class BigBirdAttention(BlockSparseAttention):
     """
 
     def __init__(self, config: BigBirdAttentionConfig, *, num_heads: int, head_dim: int, max_len: int) -> None:
-        super().__init__(config, block=_at_least("block", config.block, 1))
-        self.window_blocks = _at_least("window_blocks", config.window_blocks, 1)
+        super().__init__(config, block=config.block)
+        self.window_blocks = config.window_blocks
         check_config(self.window_blocks % 2 == 1, "window_blocks", f"must be odd (own block in the middle), got {self.window_blocks}")
-        self.random_blocks = _at_least("random_blocks", config.random_blocks, 0)
-        self.global_blocks = _at_least("global_blocks", config.global_blocks, 0)
+        self.random_blocks = config.random_blocks
+        self.global_blocks = config.global_blocks
         self.seed = config.seed
         self.num_heads = num_heads
         self.whole_blocks = max_len // self.block
@@ -449,7 +443,7 @@ class BigBirdAttention(BlockSparseAttention):
 class LongformerAttentionConfig(LocalAttentionConfig):
     name: str = "longformer"
     window: int = 256
-    global_tokens: int = 1
+    global_tokens: int = field(default=1, metadata=at_least(0))
 
 
 @register_attention(LongformerAttentionConfig)

@@ -16,16 +16,16 @@ Padded keys are masked; the weights of a key position never depend on padding.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.config import AttentionConfig, Choice
+from lra.config import AttentionConfig, Choice, at_least
 from lra.errors import LRAError
-from models.attention import Attention, check_config, register_attention
+from models.attention import Attention, register_attention
 
 
 class SynthesizerMode(Choice):
@@ -37,7 +37,7 @@ class SynthesizerMode(Choice):
 class SynthesizerAttentionConfig(AttentionConfig):
     name: str = "synthesizer"
     mode: SynthesizerMode = SynthesizerMode.factorized_random
-    k: int = 32  # factorized_random: rank of R1 R2^T
+    k: int = field(default=32, metadata=at_least(1))  # factorized_random: rank of R1 R2^T
 
 
 @register_attention(SynthesizerAttentionConfig)
@@ -53,7 +53,6 @@ class SynthesizerAttention(Attention):
             self.hidden = nn.Linear(head_dim, head_dim)  # shared by the heads, as in the LRA code
             self.to_keys = nn.Linear(head_dim, max_len)  # weight: W2 (max_len x d), bias: b2
         else:
-            check_config(config.k >= 1, "k", f"the factorized rank must be positive, got {config.k}")
             # (R1 or R2, heads, max_len, k), Xavier-uniform over (max_len, k) as in the LRA code.
             self.factors = nn.Parameter(torch.empty(2, num_heads, max_len, config.k))
             bound = math.sqrt(6.0 / (max_len + config.k))
