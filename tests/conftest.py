@@ -3,15 +3,18 @@ points run as a user runs them, in a process of their own (run_cli) or, quicker,
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 # Under pytest-xdist (`make test` runs a worker process per core) each worker, and the commands it
 # starts, share the cores out: torch's default of a thread per core in every one of them would
@@ -19,6 +22,18 @@ from typing import Iterator
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+# What the suite writes besides its tests' tmp_path folders (the caches of datasets, matplotlib and torch's
+# compiler, lra-bench's stand-ins for unwritable data roots, hypothesis' examples) goes to one folder of its
+# own, removed at the end: nothing in the user's home or the checkout. pytest-xdist's workers, and the
+# commands the tests start, inherit the controller's folder.
+if "LRA_TEST_HOME" not in os.environ:
+    os.environ["LRA_TEST_HOME"] = tempfile.mkdtemp(prefix="lra-tests-")
+    atexit.register(shutil.rmtree, os.environ["LRA_TEST_HOME"], ignore_errors=True)
+for _variable, _folder in {"HF_HOME": "huggingface", "XDG_CACHE_HOME": "cache", "MPLCONFIGDIR": "matplotlib",
+                           "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton",
+                           "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis"}.items():
+    os.environ[_variable] = os.path.join(os.environ["LRA_TEST_HOME"], _folder)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -34,6 +49,37 @@ REPO = CONF_DIR.parent
 
 # A ListOps run that takes seconds: the cpu profile, smaller still (conf/experiment/smoke.yaml).
 TINY = ["experiment=smoke"]
+
+
+_UNTRACKED = pytest.StashKey[Optional[set]]()  # what the checkout held untracked when the run started
+
+
+def _untracked() -> set[str] | None:
+    """What git lists in the checkout as untracked or ignored (folders as one entry); None outside a git checkout."""
+    try:
+        listed = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True,
+                                text=True, timeout=60)
+    except OSError:
+        return None
+    if listed.returncode != 0:
+        return None
+    return {line[3:] for line in listed.stdout.splitlines() if line[:2] in ("??", "!!")}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the process that started the run
+        session.config.stash[_UNTRACKED] = _untracked()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run of the suite that left files in the checkout (tests write under their tmp_path alone);
+    pytest's own cache aside. Checked once, by the process that started the run (not xdist's workers)."""
+    before = session.config.stash.get(_UNTRACKED, None)
+    after = _untracked() if before is not None else None
+    left = sorted(path for path in (after or set()) - (before or set()) if not path.startswith(".pytest_cache"))
+    if left:
+        print(f"\nthe tests left files in the checkout {REPO}: {', '.join(left)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def compose_config(*overrides: str, config: str = "train") -> DictConfig:
