@@ -95,7 +95,7 @@ def test_full_attention_learns_a_short_recall_in_a_hundred_steps(tmp_path: Path)
         "runners.train", "task=recall", "model=full", "task.max_len=32", "task.gap=4", "task.pairs=4",
         "task.keys=8", "task.num_classes=4", "task.examples.train=3200", "task.examples.val=256",
         "task.examples.test=512", "trainer.max_steps=100", "trainer.eval_every=50", "trainer.progress=false",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "records.jsonl").read_text())["metrics"]

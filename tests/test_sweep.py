@@ -248,7 +248,7 @@ def test_the_lengths_sweep_trains_each_variant_at_each_length_and_the_report_tab
     result = run_main(
         "runners.train", "-m", "+sweep=lengths", "task=recall", "model=full,local,linear", "task.lengths='80,96'",
         "task.gap=8", "task.examples.train=64", "task.examples.val=32", "task.examples.test=32",
-        "trainer.max_steps=4", "trainer.eval_every=2", f"hydra.sweep.dir={sweep}",
+        "trainer.max_steps=4", "trainer.eval_every=2", f"data.root={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr
     records = [record for found in records_by_dir(sweep).values() for record in found]
