@@ -40,6 +40,8 @@ def temporary_files(root: Path) -> list[Path]:
     return sorted(path for pattern in TEMPORARY for path in root.rglob(pattern))
 
 
+# What `confined` does, tried in a private mount namespace of its own (on the namespace's view of /tmp alone).
+PROBE = "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp && mount -t tmpfs -o size=16k tmpfs /tmp"
 # The capabilities that let root read and write whatever the permission bits say.
 OVERRIDES = "-dac_override,-dac_read_search"
 
@@ -60,7 +62,7 @@ def confined(argv: list[str], *, read_only: Iterable[Path] = (), tiny: Mapping[P
     frozen, tiny = [shlex.quote(str(path)) for path in read_only], dict(tiny or {})
     if not frozen and not tiny:
         return command
-    _require("unshare", "-rm", "true")
+    _require("unshare", "-rm", "sh", "-c", PROBE)
     mounts = [f"mount --bind {path} {path} && mount -o remount,bind,ro {path}" for path in frozen]
     mounts += [f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(path))}" for path, size in tiny.items()]
     listings = [f"(cd {shlex.quote(str(path))} && find . -mindepth 1) > {shlex.quote(str(_listing(path)))}"
